@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
@@ -66,7 +66,7 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None) -> 
     check_safetensors_header(st)
     try:
         tensors = load_file(str(st))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"checkpoint {st} is corrupt: {e}") from None
     try:
         config = json.loads(js.read_text("utf-8"))

@@ -1,0 +1,112 @@
+"""``mm2latent world ...``: render Face World samples, contact sheets, calibration."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..common.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def register(sub) -> None:
+    p = sub.add_parser("world", help="the procedural Face World")
+    wsub = p.add_subparsers(dest="world_command", parser_class=type(p))
+
+    r = wsub.add_parser("render", help="render N samples with image, mask, sketch and metadata")
+    r.add_argument("--num", type=_positive_int, required=True, help="number of samples")
+    r.add_argument("--seed", type=_nonneg_int, default=0, help="world seed (default 0)")
+    r.add_argument("--start", type=_nonneg_int, default=0, help="first sample index (default 0)")
+    r.add_argument("--size", type=int, default=128, help="resolution: 64, 128 or 256 (default 128)")
+    r.add_argument("--out", required=True, help="output directory")
+    r.set_defaults(func=_render)
+
+    s = wsub.add_parser("sheet", help="contact sheet of renders with their colour masks")
+    s.add_argument("--num", type=_positive_int, default=16)
+    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--out", required=True, help="output PNG")
+    s.set_defaults(func=_sheet)
+
+    c = wsub.add_parser("calibrate", help="compare world layout with real CelebAMask-HQ masks")
+    c.add_argument("--real", required=True, help="folder with masks-index/ and masks-color/")
+    c.add_argument("--num", type=_positive_int, default=300)
+    c.set_defaults(func=_calibrate)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _check_size(size: int) -> None:
+    from ..world.render import SUPPORTED_SIZES
+
+    if size not in SUPPORTED_SIZES:
+        raise UserError(f"unsupported size {size}; choose one of {', '.join(map(str, SUPPORTED_SIZES))}")
+
+
+def _render(a) -> int:
+    from ..common.fileio import check_writable_dir
+    from ..common.progress import progress
+    from ..world.sample import make_sample, write_sample
+
+    _check_size(a.size)
+    out = check_writable_dir(a.out)
+    for i in progress(range(a.start, a.start + a.num), desc="rendering", unit="face"):
+        write_sample(out, a.seed, i, make_sample(a.seed, i, a.size))
+    print(f"wrote {a.num} samples to {out}")
+    return 0
+
+
+def _sheet(a) -> int:
+    import numpy as np
+
+    from ..common.fileio import check_output_file
+    from ..common.imageio import save_image
+    from ..common.palette import index_to_color
+    from ..world.params import sample_params
+    from ..world.render import render
+
+    _check_size(a.size)
+    out = check_output_file(a.out)
+    cols = min(8, a.num)
+    tiles = []
+    for i in range(a.num):
+        r = render(sample_params(a.seed, i), a.size)
+        tiles.append(np.concatenate([r.image, index_to_color(r.mask)], 0))
+    while len(tiles) % cols:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.concatenate(tiles[k:k + cols], 1) for k in range(0, len(tiles), cols)]
+    save_image(out, np.concatenate(rows, 0))
+    print(f"wrote {out}")
+    return 0
+
+
+def _calibrate(a) -> int:
+    from ..world.calibration import calibration_table, mean_stats, real_masks, world_masks
+
+    root = Path(a.real)
+    if not root.is_dir():
+        raise UserError(f"not a directory: {root}")
+    real = real_masks(root)
+    if not real:
+        raise UserError(f"no masks found under {root}/masks-index or {root}/masks-color")
+    print(f"real masks: {len(real)}, world masks: {a.num}")
+    print(calibration_table(mean_stats(real), mean_stats(world_masks(a.num))))
+    return 0

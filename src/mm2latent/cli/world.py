@@ -51,7 +51,23 @@ def register(sub) -> None:
     c.add_argument("--real", required=True, help="folder with masks-index/ and masks-color/")
     c.add_argument("--num", type=_positive_int, default=300)
     c.set_defaults(func=_calibrate)
+    k = wsub.add_parser("cache", help="pre-render a split into memory-mappable arrays for training")
+    k.add_argument("--split", default="train", help="train, val or test (disjoint world seeds)")
+    k.add_argument("--num", type=_positive_int, required=True)
+    k.add_argument("--size", type=int, default=128)
+    k.add_argument("--workers", type=_positive_int, default=None)
+    k.add_argument("--out", required=True, help="cache directory (must not exist)")
+    k.set_defaults(func=_cache)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _cache(a) -> int:
+    from ..world.cache import build_cache
+
+    _check_size(a.size)
+    out = build_cache(a.out, a.split, a.num, a.size, a.workers)
+    print(f"wrote {a.num} {a.split} samples to {out}")
+    return 0
 
 
 def _check_size(size: int) -> None:

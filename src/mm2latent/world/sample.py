@@ -56,15 +56,23 @@ class WorldSample:
 def make_sample(seed: int, index: int, size: int = 128, n_captions: int = 4, n_heldout: int = 2,
                 params: FaceParams | None = None) -> WorldSample:
     """Render sample ``index`` of world ``seed`` (or explicit ``params``) with all its ground truth."""
+    p = params if params is not None else sample_params(seed, index)
+    r = render(p, size)
+    caps, held = sample_captions(seed, index, p, n_captions, n_heldout)
+    return WorldSample(image=r.image, mask=r.mask, sketch=sketch_from_uint8(r.image), params=p,
+                       captions=caps, captions_heldout=held)
+
+
+def sample_captions(seed: int, index: int, params: FaceParams | None = None, n_captions: int = 4,
+                    n_heldout: int = 2) -> tuple[list, list]:
+    """The captions of sample ``(seed, index)`` without rendering it (same as :func:`make_sample`'s)."""
     from .captions import make_captions
 
     p = params if params is not None else sample_params(seed, index)
-    r = render(p, size)
     crng = numpy_rng(seed, index, 99)
     caps = make_captions(p.attrs, crng, n=n_captions, split="train") if n_captions else []
     held = make_captions(p.attrs, crng, n=n_heldout, split="heldout") if n_heldout else []
-    return WorldSample(image=r.image, mask=r.mask, sketch=sketch_from_uint8(r.image), params=p,
-                       captions=caps, captions_heldout=held)
+    return caps, held
 
 
 def write_sample(out_dir: Path, seed: int, index: int, s: WorldSample) -> None:

@@ -1,0 +1,1 @@
+"""Evaluation protocols (see DESIGN.md section 4)."""

@@ -1,0 +1,187 @@
+"""Contrastive training of the world CLIP/FaRL model (symmetric InfoNCE).
+
+Pairs are (world render, one of its captions from the training grammar). The
+captions are tokenised once up front; each batch trims token sequences to its
+longest caption, which is exact because the text tower is causal and pools at
+the end token. Checkpoints carry model, optimiser, RNG and data-order state,
+so ``--resume`` continues the same run bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..common.errors import UserError
+from ..common.progress import progress
+from ..models.clip import CLIP, CLIPConfig, save_clip
+from . import state as st
+
+TRAIN_KIND = "clip-train"
+
+
+@dataclass
+class CLIPTrainOptions:
+    data: str                 # a world cache directory (mm2latent world cache)
+    out: str                  # run directory
+    steps: int = 3000
+    batch: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup: int = 150
+    seed: int = 0
+    ckpt_every: int = 250
+    minutes: float | None = None   # stop (with a checkpoint) after this much wall time
+    config: str | dict = "world_small"   # a CLIPConfig preset name or explicit fields
+
+
+def _cosine_lr(step: int, o: CLIPTrainOptions) -> float:
+    if step < o.warmup:
+        return o.lr * (step + 1) / o.warmup
+    t = (step - o.warmup) / max(1, o.steps - o.warmup)
+    return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class CLIPTrainer:
+    def __init__(self, opts: CLIPTrainOptions):
+        from ..world.cache import CachedWorldDataset
+
+        self.o = opts
+        self.data = CachedWorldDataset(opts.data)
+        torch.manual_seed(opts.seed)
+        cfg = CLIPConfig(**opts.config) if isinstance(opts.config, dict) else getattr(CLIPConfig, opts.config)()
+        self.model = CLIP(cfg)
+        self.model.train()
+        decay, no_decay = [], []
+        for n, p in self.model.named_parameters():
+            (decay if p.ndim >= 2 and "embedding" not in n else no_decay).append(p)
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
+        self.step = 0
+        self.rng = np.random.default_rng(opts.seed)
+        self.tokens, self.lengths = self._tokenize_all()
+
+    def _tokenize_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All captions -> (N, C, 77) int32 tokens and their lengths (position of EOT + 1)."""
+        caps = self.data.captions
+        n, c = len(caps), len(caps[0])
+        flat = [t for row in caps for t in row]
+        tok = self.model.tokenizer
+        out = torch.zeros(len(flat), self.model.config.context_length, dtype=torch.int32)
+        for i in progress(range(0, len(flat), 512), desc="tokenising", unit="batch"):
+            out[i:i + 512] = tok.tokenize(flat[i:i + 512]).to(torch.int32)
+        lengths = out.argmax(-1) + 1
+        return out.view(n, c, -1), lengths.view(n, c)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.rng.choice(len(self.data), self.o.batch, replace=False)
+        cap = self.rng.integers(0, self.tokens.shape[1], self.o.batch)
+        b = self.data.batch(idx)
+        order = np.argsort(idx)  # data.batch sorts indices; keep captions aligned
+        idx_sorted, cap_sorted = idx[order], cap[order]
+        toks = self.tokens[idx_sorted, cap_sorted]
+        L = int(self.lengths[idx_sorted, cap_sorted].max())
+        return b["image"], toks[:, :L].long()
+
+    def train_step(self) -> dict[str, float]:
+        for g in self.opt.param_groups:
+            g["lr"] = _cosine_lr(self.step, self.o)
+        images, tokens = self.batch()
+        img = self.model.encode_image(images)
+        txt = self.model.encode_text(tokens)
+        scale = self.model.logit_scale.exp().clamp(max=100)
+        logits = scale * img @ txt.t()
+        target = torch.arange(len(img))
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+            acc = (logits.argmax(1) == target).float().mean().item()
+        self.step += 1
+        return {"loss": loss.item(), "acc": acc, "scale": scale.item()}
+
+    # -- state ----------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = st.module_tensors("model", self.model)
+        ot, ometa = st.flatten_optimizer(self.opt, "opt")
+        tensors.update(ot)
+        tensors.update({f"rng.{k}": v for k, v in st.rng_state_tensors().items()})
+        rng_state = self.rng.bit_generator.state
+        meta = {"options": asdict(self.o), "optimizer": ometa, "data_rng": json.loads(json.dumps(rng_state, default=int)),
+                "model_config": self.model.config.to_dict()}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        st.load_module_tensors("model", self.model, tensors)
+        st.unflatten_optimizer(self.opt, "opt", tensors, meta["optimizer"])
+        st.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+        self.rng.bit_generator.state = meta["data_rng"]
+        self.step = int(meta["step"])
+
+
+def train_clip(opts: CLIPTrainOptions, resume: bool = False, export: str | None = None,
+               stop_at: int | None = None) -> CLIPTrainer:
+    """Train (or resume) a run. ``stop_at`` ends this invocation early at that step, as an
+    interruption would (the schedule still follows ``opts.steps``)."""
+    run = Path(opts.out)
+    if run.exists() and any(run.iterdir()) and not resume:
+        raise UserError(f"run directory {run} is not empty; pass --resume to continue it")
+    run.mkdir(parents=True, exist_ok=True)
+    tr = CLIPTrainer(opts)
+    if resume:
+        found = st.latest_good_checkpoint(run, TRAIN_KIND)
+        if found:
+            stem, tensors, meta = found
+            saved = dict(meta["options"])
+            for k in ("steps", "minutes", "ckpt_every", "out", "data"):
+                saved.pop(k, None)
+            mine = {k: v for k, v in asdict(opts).items() if k in saved}
+            if mine != saved:
+                raise UserError(f"--resume with different training options than {stem}: {saved} vs {mine}")
+            tr.load_state(tensors, meta)
+            print(f"resumed from {stem.name} at step {tr.step}")
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):
+        stop["flag"] = True
+
+    old = signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.time()
+    log = open(run / "log.jsonl", "a")
+    bar = progress(total=opts.steps, initial=tr.step, desc="clip", unit="step")
+    try:
+        while tr.step < min(opts.steps, stop_at or opts.steps) and not stop["flag"]:
+            t = time.time()
+            stats = tr.train_step()
+            stats["img_per_s"] = opts.batch / (time.time() - t)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.2f}", ips=f"{stats['img_per_s']:.0f}")
+            if tr.step % 20 == 0 or tr.step == 1:
+                log.write(json.dumps({"step": tr.step, **stats}) + "\n")
+                log.flush()
+            if tr.step % opts.ckpt_every == 0:
+                st.write_checkpoint(run, tr.step, *tr.state(), kind=TRAIN_KIND)
+            if opts.minutes is not None and time.time() - t0 > opts.minutes * 60:
+                break
+    finally:
+        bar.close()
+        log.close()
+        signal.signal(signal.SIGTERM, old)
+    st.write_checkpoint(run, tr.step, *tr.state(), kind=TRAIN_KIND)
+    if export and tr.step >= opts.steps:
+        tr.model.eval()
+        save_clip(tr.model, export, meta={"trained_steps": tr.step, "batch": opts.batch, "data": str(opts.data)},
+                  dtype=torch.float16)
+        print(f"exported {export}")
+    return tr

@@ -1,0 +1,147 @@
+"""Training-state checkpoints shared by every trainer.
+
+A training checkpoint is ``RUN/checkpoints/ckpt-<step>.safetensors`` + ``.json``:
+model weights, optimiser state flattened into tensors (no pickle), the RNG
+states of Python/NumPy/torch as tensors, and a SHA-256 over all tensors so a
+torn or corrupted file is detected. The newest ``keep`` checkpoints are kept;
+resuming takes the newest one that verifies and warns about damaged ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..common.checkpoint import load_checkpoint, save_checkpoint
+from ..common.errors import UserError
+
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.json$")
+
+
+def warn(msg: str) -> None:
+    print(f"mm2latent: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(k.encode())
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimiser state -> (tensors named ``prefix.state.<pid>.<key>``, JSON-able meta)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.state.{pid}.{k}"] = v
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict] = {}
+    pat = re.compile(rf"^{re.escape(prefix)}\.state\.(\d+)\.(.+)$")
+    for k, v in tensors.items():
+        m = pat.match(k)
+        if m:
+            state.setdefault(int(m.group(1)), {})[m.group(2)] = v
+    for k, v in meta.get("scalars", {}).items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state_tensors(device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """This process's Python, NumPy and torch RNG states as fixed-shape tensors."""
+    device = torch.device(device)
+    py = random.getstate()
+    npst = np.random.get_state()
+    out = {
+        "torch": torch.get_rng_state(),
+        "python": torch.tensor(list(py[1]), dtype=torch.int64),
+        "python_gauss": torch.tensor([0.0, 0.0] if py[2] is None else [1.0, py[2]], dtype=torch.float64),
+        "numpy": torch.from_numpy(np.asarray(npst[1], dtype=np.int64)),
+        "numpy_extra": torch.tensor([npst[2], npst[3], npst[4]], dtype=torch.float64),
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def set_rng_state_tensors(st: dict[str, torch.Tensor], device: torch.device | str = "cpu") -> None:
+    device = torch.device(device)
+    torch.set_rng_state(st["torch"].cpu().to(torch.uint8))
+    has_g, g = st["python_gauss"].tolist()
+    random.setstate((3, tuple(int(v) for v in st["python"].tolist()), g if has_g else None))
+    pos, has_gauss, gauss = st["numpy_extra"].tolist()
+    np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    if device.type == "cuda" and "cuda" in st:
+        torch.cuda.set_rng_state(st["cuda"].cpu().to(torch.uint8), device)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint stems, newest first."""
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), d / p.name[:-5]) for p in d.iterdir() if (m := _CKPT_RE.match(p.name))]
+    return [stem for _, stem in sorted(found, reverse=True)]
+
+
+def read_checkpoint(stem: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load and verify one training checkpoint (checksum over all tensors)."""
+    tensors, meta = load_checkpoint(stem, expect_kind=kind)
+    want = meta.get("tensors_sha256")
+    if want is None or tensor_digest(tensors) != want:
+        raise UserError(f"checkpoint {stem} failed its checksum")
+    return tensors, meta
+
+
+def latest_good_checkpoint(run_dir: Path, kind: str, warn_damaged: bool = True):
+    """Newest readable checkpoint as ``(stem, tensors, meta)``, or None; damaged newer ones are skipped."""
+    stems = list_checkpoints(run_dir)
+    for stem in stems:
+        try:
+            tensors, meta = read_checkpoint(stem, kind)
+        except UserError as e:
+            if warn_damaged:
+                warn(f"{e}; falling back to the previous checkpoint")
+            continue
+        return stem, tensors, meta
+    if stems:
+        raise UserError(f"no readable checkpoint in {Path(run_dir) / 'checkpoints'} (all {len(stems)} are damaged)")
+    return None
+
+
+def write_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, kind: str,
+                     keep: int = 2) -> Path:
+    """Write ``ckpt-<step>`` atomically with its checksum; drop all but the newest ``keep``."""
+    meta = dict(meta, kind=kind, step=int(step), tensors_sha256=tensor_digest(tensors))
+    stem = Path(run_dir) / "checkpoints" / f"ckpt-{int(step):09d}"
+    save_checkpoint(stem, tensors, meta)
+    for old in list_checkpoints(run_dir)[keep:]:
+        for suffix in (".safetensors", ".json"):
+            old.with_suffix(suffix).unlink(missing_ok=True)
+    return stem
+
+
+def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def load_module_tensors(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    module.load_state_dict(sd, strict=True)

@@ -1,0 +1,83 @@
+"""World CLIP training (tiny config): learning, exact resume; encoder metrics on known cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mm2latent.eval.encoder import balanced_accuracy, noise_std_for_cosine, recall_at_k
+from mm2latent.train import state as st
+from mm2latent.train.clip import CLIPTrainOptions, train_clip
+from mm2latent.world.cache import CachedWorldDataset, build_cache
+
+TINY = dict(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+            context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=1, transformer_layers=1)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return build_cache(tmp_path_factory.mktemp("c") / "cache", "val", num=48, size=64, workers=1)
+
+
+def test_cache_matches_on_the_fly_samples(cache):
+    from mm2latent.world import make_sample
+
+    ds = CachedWorldDataset(cache)
+    s = make_sample(ds.meta["seed"], 5, 64)
+    assert np.array_equal(ds.images[5], s.image) and np.array_equal(ds.masks[5], s.mask)
+    assert ds.captions[5] == [c.text for c in s.captions]
+    b = ds.batch([7, 2])
+    assert b["image"].shape == (2, 3, 64, 64) and b["index"].tolist() == [2, 7]
+
+
+def _opts(cache, out, steps):
+    return CLIPTrainOptions(data=str(cache), out=str(out), steps=steps, batch=16, lr=2e-3, warmup=2,
+                            ckpt_every=3, config=TINY)
+
+
+def test_clip_training_learns_and_resumes_exactly(cache, tmp_path):
+    full = train_clip(_opts(cache, tmp_path / "full", 8))
+    log = [l for l in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    # interrupted run: 4 steps (checkpoint at 3, final at 4), then resume to 8
+    train_clip(_opts(cache, tmp_path / "part", 8), stop_at=4)
+    resumed = train_clip(_opts(cache, tmp_path / "part", 8), resume=True)
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(Exception):
+        train_clip(_opts(cache, tmp_path / "full", 8))  # non-empty run dir without --resume
+
+
+def test_clip_loss_goes_down(cache, tmp_path):
+    tr = train_clip(_opts(cache, tmp_path / "r", 40))
+    import json
+
+    rec = [json.loads(l) for l in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert rec[0]["step"] == 1 and rec[-1]["step"] == 40
+    assert rec[-1]["loss"] < rec[0]["loss"] - 0.2
+
+
+def test_damaged_checkpoint_falls_back(cache, tmp_path, capsys):
+    train_clip(_opts(cache, tmp_path / "r", 6))
+    stems = st.list_checkpoints(tmp_path / "r")
+    assert len(stems) == 2
+    raw = bytearray(stems[0].with_suffix(".safetensors").read_bytes())
+    raw[-5] ^= 0xFF
+    stems[0].with_suffix(".safetensors").write_bytes(bytes(raw))
+    stem, _, meta = st.latest_good_checkpoint(tmp_path / "r", "clip-train")
+    assert stem == stems[1] and "falling back" in capsys.readouterr().err
+
+
+def test_retrieval_and_probe_metrics_known_cases():
+    sim = torch.eye(4) + 0.01 * torch.arange(4.0)[None]
+    assert recall_at_k(sim, 1) == 1.0
+    sim[0, 0] = -1
+    assert recall_at_k(sim, 1) == 0.75 and recall_at_k(sim, 4) == 1.0
+    assert balanced_accuracy([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(0.5 * (1 + 2 / 3))
+    assert math.isnan(balanced_accuracy([1, 0], [1, 1]))
+    # the noise level reproduces the cosine it was computed from
+    d, c = 512, 0.6
+    sd = noise_std_for_cosine(c, d)
+    x = torch.nn.functional.normalize(torch.randn(2000, d), dim=1)
+    y = torch.nn.functional.normalize(x + sd * torch.randn_like(x), dim=1)
+    assert (x * y).sum(1).mean().item() == pytest.approx(c, abs=0.02)

@@ -112,8 +112,8 @@ def test_vit_b16_matches_openai_clip():
 
 def test_world_small_preset():
     cfg = CLIPConfig.world_small()
-    assert cfg.image_resolution in (112, 128) and cfg.vision_patch_size == 16
-    assert 192 <= cfg.vision_width <= 256 and 4 <= cfg.vision_layers <= 6
+    assert cfg.image_resolution in (64, 112, 128) and cfg.vision_patch_size == 16
+    assert 128 <= cfg.vision_width <= 256 and 4 <= cfg.vision_layers <= 6
     assert cfg.embed_dim == 512 and cfg.context_length == 77 and cfg.vocab_size == 49408
     with torch.device("meta"):
         m = CLIP(cfg)

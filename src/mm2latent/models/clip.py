@@ -94,19 +94,20 @@ class CLIPConfig:
 
     @classmethod
     def world_small(cls) -> CLIPConfig:
-        """Small CLIP for the 128x128 Face World, trainable on CPU.
+        """Small CLIP for the Face World, trainable on two CPU cores.
 
         Same tokenizer, context length and embedding size (512) as FaRL so the
-        rest of the pipeline (MappingNet input of 512 + spatial) is unchanged;
-        an 8x8 grid of 16-px patches on 128-px images. Widths are small (the
-        text tower's 49,408-row token table dominates the size: 6.3M of ~9.5M
-        parameters at width 128), so the shipped fp16 file stays ~19 MB.
+        rest of the pipeline (MappingNet input of 512 + spatial) is unchanged.
+        Images are seen at 64x64 (the 128-px renders are downsampled by the
+        preprocessing) as a 4x4 grid of 16-px patches; widths are 128. The text
+        tower's 49,408-row token table dominates the size (6.3M of ~8.5M
+        parameters), so the shipped fp16 file is ~17 MB.
         """
         return cls(
             embed_dim=512,
-            image_resolution=128,
+            image_resolution=64,
             vision_layers=4,
-            vision_width=192,
+            vision_width=128,
             vision_patch_size=16,
             context_length=77,
             vocab_size=49408,

@@ -1,0 +1,91 @@
+"""``mm2latent train stylegan2``: train (or resume) a StyleGAN2 on the Face World or a PNG folder.
+
+Multi-process: ``torchrun --nproc_per_node=K -m mm2latent.cli.main train stylegan2 ...``
+(gloo on CPU, NCCL on GPUs); ``--batch`` is the global batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..common.errors import UserError
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError("widths must be positive integers")
+    return vals
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train models (stylegan2)", description="Train models.")
+    models = p.add_subparsers(dest="model", metavar="MODEL", parser_class=type(p))
+    from .encoder import add_train_clip
+
+    add_train_clip(models)
+    s = models.add_parser(
+        "stylegan2",
+        help="train a StyleGAN2 generator",
+        description="Train StyleGAN2 (non-saturating loss, lazy R1, EMA generator, style mixing, Adam "
+        "betas (0, 0.99)). Checkpoints in RUN_DIR/checkpoints resume bit-exactly with --resume; the EMA "
+        "generator is exported to RUN_DIR/generator.safetensors and sample grids to RUN_DIR/samples.",
+    )
+    s.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    s.add_argument("--data", default="world", metavar="world|DIR",
+                   help="'world' (render the Face World train split), a world cache directory (images.npy from "
+                        "'mm2latent world cache'), or a directory of PNG/JPEG images (default world)")
+    s.add_argument("--size", type=int, default=128, help="image resolution, a power of two (default 128)")
+    s.add_argument("--batch", type=int, default=16, help="global batch size (default 16)")
+    s.add_argument("--kimg", type=float, default=1000.0, help="train until this many thousand images (default 1000)")
+    s.add_argument("--channels", type=_widths, default=None, metavar="C4,C8,...",
+                   help="widths per resolution from 4 up to --size, e.g. 256,256,256,128,64,32 for 128px")
+    s.add_argument("--channel-base", type=int, default=16384, help="width rule min(base/res, max) (default 16384)")
+    s.add_argument("--channel-max", type=int, default=512, help="(default 512)")
+    s.add_argument("--z-dim", type=int, default=512)
+    s.add_argument("--w-dim", type=int, default=512)
+    s.add_argument("--map-layers", type=int, default=8, help="mapping network depth (default 8)")
+    s.add_argument("--lr", type=float, default=0.0025)
+    s.add_argument("--gamma", type=float, default=None, help="R1 weight (default 0.0002*size^2/batch)")
+    s.add_argument("--r1-every", type=int, default=16, help="lazy R1 interval (default 16)")
+    s.add_argument("--pl-weight", type=float, default=0.0,
+                   help="path-length regularisation weight (paper: 2; default off)")
+    s.add_argument("--pl-every", type=int, default=4)
+    s.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in kimg (default batch*10/32)")
+    s.add_argument("--mixing", type=float, default=0.9, help="style-mixing probability (default 0.9)")
+    s.add_argument("--augment", default="", help="DiffAugment policy, e.g. translation,color,cutout (default none)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--world-length", type=int, default=100_000, help="Face World training-set size (default 100000)")
+    s.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N steps (default: by time only)")
+    s.add_argument("--ckpt-minutes", type=float, default=10.0, help="checkpoint every M minutes (default 10)")
+    s.add_argument("--sample-every", type=int, default=500, help="sample grid every N steps (0 = at the end)")
+    s.add_argument("--minutes", type=float, default=None,
+                   help="stop (with a checkpoint) after this many minutes; continue later with --resume")
+    s.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    s.set_defaults(func=run_stylegan2)
+    p.set_defaults(func=_need_model)
+
+
+def _need_model(args: argparse.Namespace) -> int:
+    raise UserError("choose a model to train: mm2latent train stylegan2 --out RUN_DIR ...")
+
+
+def run_stylegan2(args: argparse.Namespace) -> int:
+    from ..train.stylegan2 import TrainOptions, train_stylegan2
+
+    opts = TrainOptions(
+        out=args.out, data=args.data, size=args.size, batch=args.batch, kimg=args.kimg, z_dim=args.z_dim,
+        w_dim=args.w_dim, mapping_layers=args.map_layers, channel_base=args.channel_base,
+        channel_max=args.channel_max, channels=args.channels, lr=args.lr, r1_gamma=args.gamma,
+        r1_every=args.r1_every, pl_weight=args.pl_weight, pl_every=args.pl_every, ema_kimg=args.ema_kimg,
+        mixing_prob=args.mixing, augment=args.augment, seed=args.seed, world_length=args.world_length,
+        ckpt_every=args.ckpt_every, ckpt_minutes=args.ckpt_minutes, sample_every=args.sample_every,
+        minutes=args.minutes, resume=args.resume, device=args.device, threads=args.threads,
+    )
+    train_stylegan2(opts)
+    return 0

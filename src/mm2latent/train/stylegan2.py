@@ -1,0 +1,810 @@
+"""StyleGAN2 training: single process on CPU, or ``torchrun`` with gloo/NCCL.
+
+The recipe is the official one (Karras et al. 2020, stylegan2-ada-pytorch):
+non-saturating logistic loss, lazy R1 on reals every ``r1_every`` steps,
+optional lazy path-length regularisation, style-mixing regularisation, an
+EMA generator, and Adam with betas (0, 0.99) whose lr/betas are adjusted
+for the lazy regularisation interval. Optional DiffAugment (translation,
+colour, cutout) helps on small data.
+
+Distributed: every rank builds identical models (same init seed), draws its
+own slice of each global batch and its own latents (per-rank RNG seed);
+gradients are averaged with one flat all-reduce per phase, so parameters
+stay identical on all ranks without DDP wrappers.
+
+Checkpoints are safetensors + JSON (no pickle): models, EMA, both Adam
+states flattened to tensors, every rank's Python/NumPy/torch RNG states,
+the step and the data position. They are written atomically to
+``RUN_DIR/checkpoints/ckpt-<step>``; the previous one is kept, and a
+checksum lets ``--resume`` detect a damaged latest checkpoint and fall back
+to the previous one. Resuming continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ..common.errors import UserError
+from ..common.fileio import check_writable_dir, write_text_atomic
+from ..common.progress import progress
+from ..common.seeding import numpy_rng
+from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, load_state_checked, save_generator
+from . import state as ckpt
+from .state import list_checkpoints, warn as _warn  # noqa: F401 - list_checkpoints is re-exported
+
+TRAIN_KIND = "stylegan2-train"
+AUGMENTS = ("translation", "color", "cutout")
+
+
+# =========================================================================== data
+
+
+class ImageSource(Protocol):
+    """What the trainer needs from data: random access to images by index."""
+
+    def __len__(self) -> int: ...
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        """Float (B, 3, R, R) in [-1, 1]."""
+        ...
+
+
+class TensorSource:
+    """In-memory images (N, 3, R, R) in [-1, 1] (API use and tests)."""
+
+    def __init__(self, images: torch.Tensor):
+        self.data = images.float()
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.data[list(indices)]
+
+
+def _u8_to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div(127.5).sub(1.0)
+
+
+class PngFolderSource:
+    """A directory of PNG/JPEG images, centre-cropped and resized to ``size``.
+
+    Decoded images are cached as uint8 (128x128: 48 KiB each).
+    """
+
+    EXTS = (".png", ".jpg", ".jpeg")
+
+    def __init__(self, directory: str | os.PathLike, size: int):
+        d = Path(directory)
+        if not d.is_dir():
+            raise UserError(f"training data directory not found: {d}")
+        self.files = sorted(p for p in d.iterdir() if p.suffix.lower() in self.EXTS and p.is_file())
+        if not self.files:
+            raise UserError(f"no .png/.jpg images in {d}")
+        self.size = size
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _load(self, i: int) -> torch.Tensor:
+        from ..common.imageio import load_image, resize_image
+
+        t = self._cache.get(i)
+        if t is None:
+            arr = resize_image(load_image(self.files[i]), self.size)
+            t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+            self._cache[i] = t
+        return t
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        return _u8_to_float(torch.stack([self._load(i) for i in indices]))
+
+
+class NpyImagesSource:
+    """A pre-rendered image array ``DIR/images.npy`` (N, H, W, 3) uint8, memory-mapped.
+
+    This is the layout of ``mm2latent world cache`` output, read without
+    importing the world code.
+    """
+
+    def __init__(self, directory: str | os.PathLike, size: int):
+        path = Path(directory) / "images.npy"
+        try:
+            self.arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path}: {e}") from None
+        if self.arr.ndim != 4 or self.arr.shape[3] != 3 or self.arr.dtype != np.uint8:
+            raise UserError(f"{path} must hold uint8 images (N, H, W, 3), got {self.arr.dtype} {self.arr.shape}")
+        if self.arr.shape[1:3] != (size, size):
+            raise UserError(f"{path} holds {self.arr.shape[2]}x{self.arr.shape[1]} images but --size is {size}")
+
+    def __len__(self) -> int:
+        return int(self.arr.shape[0])
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        batch = np.stack([np.asarray(self.arr[i]) for i in indices])
+        return _u8_to_float(torch.from_numpy(batch).permute(0, 3, 1, 2))
+
+
+class WorldSource:
+    """The procedural Face World's train split (imported lazily), quantised to uint8 and cached.
+
+    Quantising every image (cached or not) keeps the data identical however
+    often it is rendered, which exact resume relies on. Rendering costs tens
+    of milliseconds per image; for long runs pre-render with
+    ``mm2latent world cache`` and pass that directory as ``--data``.
+    """
+
+    def __init__(self, size: int, length: int, cache_items: int = 20000):
+        try:
+            from ..world.dataset import FaceWorldDataset  # noqa: PLC0415 - optional, written elsewhere
+        except ImportError as e:
+            raise UserError(f"the Face World is not available ({e}); use --data DIR_OF_PNGS") from None
+        try:
+            self.ds = FaceWorldDataset(size=size, length=length, split="train", with_captions=False)
+        except TypeError:  # older signature without with_captions
+            self.ds = FaceWorldDataset(size=size, length=length, split="train")
+        self.cache_items = cache_items
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def _load(self, i: int) -> torch.Tensor:
+        t = self._cache.get(i)
+        if t is None:
+            img = self.ds[i]["image"]
+            t = img.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+            if len(self._cache) < self.cache_items:
+                self._cache[i] = t
+        return t
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        return _u8_to_float(torch.stack([self._load(i) for i in indices]))
+
+
+def open_source(spec: str, size: int, world_length: int = 100_000) -> ImageSource:
+    """``world`` renders the Face World; a directory with ``images.npy`` is a world cache;
+    any other directory is read as PNG/JPEG files."""
+    if spec == "world":
+        return WorldSource(size, world_length)
+    if (Path(spec) / "images.npy").is_file():
+        return NpyImagesSource(spec, size)
+    return PngFolderSource(spec, size)
+
+
+class DataOrder:
+    """Global sample order: a fresh seeded permutation per epoch.
+
+    The position (epoch, cursor) fully determines what comes next, so it is
+    all a checkpoint needs to store. Every rank computes the same global
+    batch and takes its own slice.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, cursor: int = 0):
+        self.n, self.seed, self.epoch, self.cursor = n, seed, epoch, cursor
+        self._perm_epoch, self._perm = -1, None
+
+    def _perm_for(self, epoch: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            self._perm = numpy_rng(self.seed, 0x5EED, epoch).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def take(self, count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            perm = self._perm_for(self.epoch)
+            k = min(count - len(out), self.n - self.cursor)
+            out.extend(int(i) for i in perm[self.cursor:self.cursor + k])
+            self.cursor += k
+            if self.cursor >= self.n:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return out
+
+
+# =========================================================================== DiffAugment
+
+
+def diff_augment(x: torch.Tensor, policy: Sequence[str]) -> torch.Tensor:
+    """Differentiable augmentation (Zhao et al. 2020), applied to reals and fakes alike."""
+    for p in policy:
+        x = _AUG[p](x)
+    return x
+
+
+def _aug_color(x: torch.Tensor) -> torch.Tensor:
+    b = x.shape[0]
+    r = lambda: torch.rand(b, 1, 1, 1, device=x.device, dtype=x.dtype)  # noqa: E731
+    x = x + (r() - 0.5)  # brightness
+    m = x.mean(dim=1, keepdim=True)
+    x = (x - m) * (r() * 2) + m  # saturation
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - m) * (r() + 0.5) + m  # contrast
+
+
+def _aug_translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+    b, c, h, w = x.shape
+    sy, sx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    ty = torch.randint(-sy, sy + 1, (b, 1, 1), device=x.device)
+    tx = torch.randint(-sx, sx + 1, (b, 1, 1), device=x.device)
+    gy = (torch.arange(h, device=x.device)[None, :, None] + ty + 1).clamp(0, h + 1)
+    gx = (torch.arange(w, device=x.device)[None, None, :] + tx + 1).clamp(0, w + 1)
+    xp = F.pad(x, [1, 1, 1, 1])  # out-of-range reads land on the zero border
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    return xp.permute(0, 2, 3, 1)[bi, gy, gx].permute(0, 3, 1, 2)
+
+
+def _aug_cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+    b, c, h, w = x.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    oy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=x.device)
+    ox = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=x.device)
+    yy = torch.arange(h, device=x.device)[None, :, None] - oy + ch // 2
+    xx = torch.arange(w, device=x.device)[None, None, :] - ox + cw // 2
+    inside = (yy >= 0) & (yy < ch) & (xx >= 0) & (xx < cw)
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+_AUG: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "translation": _aug_translation, "color": _aug_color, "cutout": _aug_cutout,
+}
+
+
+# =========================================================================== distributed
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Read torchrun's environment; start gloo (CPU) or NCCL (GPU) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA device is available")
+    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        owns = True
+    if dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    return DistEnv(rank, world, local, dev, owns)
+
+
+# =========================================================================== options
+
+
+@dataclass
+class TrainOptions:
+    """Everything that defines a run (stored in every checkpoint)."""
+
+    out: str
+    data: str = "world"
+    size: int = 128
+    batch: int = 16  # global batch, split across ranks
+    kimg: float = 1000.0
+    # model
+    z_dim: int = 512
+    w_dim: int = 512
+    mapping_layers: int = 8
+    channel_base: int = 16384
+    channel_max: int = 512
+    channels: list[int] | None = None  # widths for 4, 8, ..., size (overrides base/max)
+    # optimisation
+    lr: float = 0.0025
+    r1_gamma: float | None = None  # None: 0.0002 * size^2 / batch (the official heuristic)
+    r1_every: int = 16
+    pl_weight: float = 0.0  # 2.0 in the paper; off by default to save CPU time
+    pl_every: int = 4
+    ema_kimg: float | None = None  # None: batch * 10 / 32
+    ema_rampup: float | None = 0.05
+    mixing_prob: float = 0.9
+    augment: str = ""  # comma list from translation,color,cutout
+    seed: int = 0
+    world_length: int = 100_000
+    # bookkeeping (may change on resume)
+    ckpt_every: int = 0  # steps; 0 = only by time and at the end
+    ckpt_minutes: float = 10.0
+    sample_every: int = 500  # steps; 0 = only at the end
+    minutes: float | None = None  # wall-clock budget for this invocation
+    resume: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    grid: int = 16
+
+    #: fields that may differ when a run is resumed
+    RESUMABLE = ("out", "kimg", "ckpt_every", "ckpt_minutes", "sample_every", "minutes", "resume", "device",
+                 "threads", "grid")
+
+    def validate(self) -> None:
+        if self.batch < 1:
+            raise UserError("--batch must be positive")
+        if self.kimg <= 0:
+            raise UserError("--kimg must be positive")
+        if self.r1_every < 1 or self.pl_every < 1:
+            raise UserError("regularisation intervals must be >= 1")
+        bad = [a for a in self.augment_policy if a not in AUGMENTS]
+        if bad:
+            raise UserError(f"unknown augmentation {bad[0]!r}; choose from {', '.join(AUGMENTS)}")
+        if not 0 <= self.mixing_prob <= 1:
+            raise UserError("--mixing must be in [0, 1]")
+        self.model_config()
+
+    @property
+    def augment_policy(self) -> list[str]:
+        return [a.strip() for a in self.augment.split(",") if a.strip()]
+
+    def model_config(self) -> StyleGAN2Config:
+        channels = None
+        if self.channels is not None:
+            res = [2**i for i in range(2, int(math.log2(max(self.size, 4))) + 1)]
+            if len(self.channels) != len(res):
+                raise UserError(f"--channels needs {len(res)} widths (for {', '.join(map(str, res))}), "
+                                f"got {len(self.channels)}")
+            channels = dict(zip(res, self.channels))
+        return StyleGAN2Config(resolution=self.size, z_dim=self.z_dim, w_dim=self.w_dim,
+                               mapping_layers=self.mapping_layers, channel_base=self.channel_base,
+                               channel_max=self.channel_max, channels=channels)
+
+    @property
+    def gamma(self) -> float:
+        return self.r1_gamma if self.r1_gamma is not None else 0.0002 * self.size**2 / self.batch
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.kimg * 1000 / self.batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# =========================================================================== checkpoints on disk
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, rank, 0xC0FFEE]).generate_state(1)[0])
+
+
+def read_checkpoint(stem: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load and verify one StyleGAN2 training checkpoint."""
+    return ckpt.read_checkpoint(stem, TRAIN_KIND)
+
+
+def latest_good_checkpoint(run_dir: Path, warn: bool = True) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
+    """Newest readable checkpoint; damaged newer ones are skipped with a warning."""
+    return ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND, warn_damaged=warn)
+
+
+# =========================================================================== trainer
+
+
+class StyleGAN2Trainer:
+    """Holds models, optimisers and counters; :meth:`train_step` runs one iteration."""
+
+    def __init__(self, opts: TrainOptions, env: DistEnv | None = None, source: ImageSource | None = None):
+        opts.validate()
+        self.opts = opts
+        self.env = env or DistEnv()
+        if opts.batch % self.env.world_size:
+            raise UserError(f"--batch {opts.batch} is not divisible by the {self.env.world_size} processes")
+        self.local_batch = opts.batch // self.env.world_size
+        self.device = self.env.device
+        self.source = source if source is not None else open_source(opts.data, opts.size, opts.world_length)
+        if len(self.source) < 1:
+            raise UserError("the training data is empty")
+        self.cfg = opts.model_config()
+        dev = self.device
+
+        torch.manual_seed(opts.seed)  # identical initialisation on every rank
+        self.G = Generator(self.cfg).to(dev).train()
+        self.D = Discriminator(self.cfg).to(dev).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+
+        def adam(params, interval: int | None):
+            c = interval / (interval + 1) if interval else 1.0
+            return torch.optim.Adam(params, lr=opts.lr * c, betas=(0.0**c, 0.99**c), eps=1e-8)
+
+        self.optG = adam(self.G.parameters(), opts.pl_every if opts.pl_weight > 0 else None)
+        self.optD = adam(self.D.parameters(), opts.r1_every)
+        self.pl_mean = torch.zeros((), device=dev)
+        self.step = 0
+        self.order = DataOrder(len(self.source), opts.seed)
+        self.augment = opts.augment_policy
+        self.stats: dict[str, float] = {}
+
+        seed = _rank_seed(opts.seed, self.env.rank)  # per-rank latents, noise and augmentation
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def nimg(self) -> int:
+        return self.step * self.opts.batch
+
+    def _all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
+        if self.env.world_size > 1:
+            dist.all_reduce(t)
+            t /= self.env.world_size
+        return t
+
+    def _sync_grads(self, module: torch.nn.Module) -> None:
+        """Average gradients over ranks (one flat all-reduce).
+
+        Parameters without a gradient (e.g. D's output bias under R1) are left
+        out, as in the official code, so Adam skips them exactly as it does in
+        a single process; the graph, and so that set, is the same on every rank.
+        """
+        params = [p for p in module.parameters() if p.grad is not None]
+        if self.env.world_size > 1 and params:
+            flat = torch.cat([p.grad.flatten() for p in params])
+            self._all_reduce_mean(flat)
+            torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5, out=flat)
+            off = 0
+            for p in params:
+                p.grad.copy_(flat[off:off + p.numel()].view_as(p))
+                off += p.numel()
+        else:
+            for p in params:
+                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+
+    def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.augment) if self.augment else x
+
+    def _run_G(self, z: torch.Tensor):
+        """Generator pass with style-mixing regularisation; returns image, w and the w+ used."""
+        G = self.G
+        w = G.mapping(z)
+        ws = G.broadcast(w)
+        if self.opts.mixing_prob > 0:
+            cutoff = int(torch.randint(1, G.num_ws, ()).item())
+            if torch.rand(()).item() < self.opts.mixing_prob:
+                ws = G.mix(ws, G.broadcast(G.mapping(torch.randn_like(z))), cutoff)
+        return G.synthesis(ws, noise_mode="random"), w, ws
+
+    def _next_reals(self) -> torch.Tensor:
+        idx = self.order.take(self.opts.batch)
+        r = self.env.rank * self.local_batch
+        return self.source.images(idx[r:r + self.local_batch]).to(self.device)
+
+    def _z(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.z_dim, device=self.device)
+
+    # ------------------------------------------------------------------ one iteration
+
+    def train_step(self) -> dict[str, float]:
+        opts, G, D = self.opts, self.G, self.D
+        b = self.local_batch
+        reals = self._next_reals()
+        stats = {}
+
+        # G main: non-saturating logistic loss
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        img, w, _ = self._run_G(self._z(b))
+        loss_G = F.softplus(-D(self._aug(img))).mean()
+        self.optG.zero_grad(set_to_none=True)
+        loss_G.backward()
+        self._sync_grads(G)
+        self.optG.step()
+        stats["loss_G"] = loss_G.item()
+        with torch.no_grad():  # track w_avg for truncation, identically on all ranks
+            w_mean = self._all_reduce_mean(w.detach().mean(0))
+            G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, self.cfg.w_avg_beta))
+
+        # G reg: lazy path-length regularisation
+        if opts.pl_weight > 0 and self.step % opts.pl_every == 0:
+            pb = max(b // 2, 1)
+            img, _, ws = self._run_G(self._z(pb))
+            noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+            (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+            lengths = grads.square().sum(2).mean(1).sqrt()
+            batch_mean = self._all_reduce_mean(lengths.mean().detach().clone())
+            pl_mean = self.pl_mean.lerp(batch_mean, 0.01)
+            self.pl_mean.copy_(pl_mean)
+            loss_pl = (lengths - pl_mean).square().mean() * opts.pl_weight * opts.pl_every
+            self.optG.zero_grad(set_to_none=True)
+            loss_pl.backward()
+            self._sync_grads(G)
+            self.optG.step()
+            stats["pl"] = loss_pl.item()
+
+        # D main
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        with torch.no_grad():
+            fake, _, _ = self._run_G(self._z(b))
+        loss_D = F.softplus(D(self._aug(fake))).mean() + F.softplus(-D(self._aug(reals))).mean()
+        self.optD.zero_grad(set_to_none=True)
+        loss_D.backward()
+        self._sync_grads(D)
+        self.optD.step()
+        stats["loss_D"] = loss_D.item()
+
+        # D reg: lazy R1 on reals
+        if self.step % opts.r1_every == 0 and self.opts.gamma > 0:
+            x = reals.detach().requires_grad_(True)
+            logits = D(self._aug(x))
+            (grads,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+            r1 = grads.square().sum(dim=(1, 2, 3))
+            loss_r1 = (r1 * (opts.gamma / 2)).mean() * opts.r1_every
+            self.optD.zero_grad(set_to_none=True)
+            loss_r1.backward()
+            self._sync_grads(D)
+            self.optD.step()
+            stats["r1"] = r1.mean().item()
+
+        # EMA generator (half-life ema_kimg, ramped up early in training)
+        with torch.no_grad():
+            ema_nimg = (opts.ema_kimg if opts.ema_kimg is not None else opts.batch * 10 / 32) * 1000
+            if opts.ema_rampup is not None:
+                ema_nimg = min(ema_nimg, self.nimg * opts.ema_rampup)
+            beta = 0.5 ** (opts.batch / max(ema_nimg, 1e-8))
+            for pe, p in zip(self.G_ema.parameters(), G.parameters()):
+                pe.copy_(p.detach().lerp(pe, beta))
+            for be, bf in zip(self.G_ema.buffers(), G.buffers()):
+                be.copy_(bf)
+        self.step += 1
+        self.stats = stats
+        return stats
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to continue exactly (collective: call on all ranks)."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name, m in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            for k, v in m.state_dict().items():
+                tensors[f"{name}.{k}"] = v
+        tg, meta_g = ckpt.flatten_optimizer(self.optG, "optG")
+        td, meta_d = ckpt.flatten_optimizer(self.optD, "optD")
+        tensors.update(tg)
+        tensors.update(td)
+        tensors["pl_mean"] = self.pl_mean
+        mine = ckpt.rng_state_tensors(self.device)
+        for k, v in mine.items():
+            if self.env.world_size > 1:
+                backend_dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+                parts = [torch.empty_like(v, device=backend_dev) for _ in range(self.env.world_size)]
+                dist.all_gather(parts, v.to(backend_dev))
+            else:
+                parts = [v]
+            for r, t in enumerate(parts):
+                tensors[f"rng.{r}.{k}"] = t.cpu()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = {
+            "format_version": 1,
+            "model": self.cfg.to_dict(),
+            "train": self.opts.to_dict(),
+            "step": self.step,
+            "nimg": self.nimg,
+            "data": {"epoch": self.order.epoch, "cursor": self.order.cursor, "n": self.order.n},
+            "optG": meta_g,
+            "optD": meta_d,
+            "world_size": self.env.world_size,
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, what: str = "checkpoint") -> None:
+        if meta.get("world_size") != self.env.world_size:
+            raise UserError(f"{what} was written by {meta.get('world_size')} processes; resume with the same "
+                            f"number (now {self.env.world_size})")
+        if meta["data"]["n"] != len(self.source):
+            raise UserError(f"{what} was trained on {meta['data']['n']} images but the data now has "
+                            f"{len(self.source)}")
+        for name, m in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
+            sub = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            load_state_checked(m, {k: v.to(self.device) for k, v in sub.items()}, f"{what} ({name})")
+        ckpt.unflatten_optimizer(self.optG, "optG", tensors, meta["optG"])
+        ckpt.unflatten_optimizer(self.optD, "optD", tensors, meta["optD"])
+        self.pl_mean.copy_(tensors["pl_mean"])
+        self.step = int(meta["step"])
+        self.order.epoch, self.order.cursor = int(meta["data"]["epoch"]), int(meta["data"]["cursor"])
+        prefix = f"rng.{self.env.rank}."
+        ckpt.set_rng_state_tensors({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                   self.device)
+
+    @torch.no_grad()
+    def sample_grid(self, n: int | None = None, psi: float = 1.0) -> np.ndarray:
+        """A fixed-latent grid from G_ema (own RNG, const noise: training RNG untouched)."""
+        n = n or self.opts.grid
+        g = torch.Generator().manual_seed(self.opts.seed + 12345)
+        z = torch.randn(n, self.cfg.z_dim, generator=g).to(self.device)
+        imgs = torch.cat([self.G_ema(z[i:i + 16], truncation_psi=psi, noise_mode="const") for i in range(0, n, 16)])
+        cols = int(math.ceil(math.sqrt(n)))
+        rows = int(math.ceil(n / cols))
+        r = self.cfg.resolution
+        u8 = imgs.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
+        grid = torch.zeros(3, rows * r, cols * r, dtype=torch.uint8)
+        for i in range(n):
+            y, x = divmod(i, cols)
+            grid[:, y * r:(y + 1) * r, x * r:(x + 1) * r] = u8[i]
+        return grid.permute(1, 2, 0).numpy()
+
+
+# =========================================================================== run loop
+
+
+def _write_checkpoint(trainer: StyleGAN2Trainer, run_dir: Path, keep: int = 2) -> Path | None:
+    """Collective. Rank 0 writes ckpt-<step> and the G_ema export; older ones beyond ``keep`` go."""
+    tensors, meta = trainer.state()
+    if not trainer.env.is_main:
+        return None
+    stem = ckpt.write_checkpoint(run_dir, trainer.step, tensors, meta, TRAIN_KIND, keep=keep)
+    save_generator(run_dir / "generator", trainer.G_ema,
+                   extra={"training": {"step": trainer.step, "kimg": trainer.nimg / 1000, "run": str(run_dir)}})
+    return stem
+
+
+def _save_grid(trainer: StyleGAN2Trainer, run_dir: Path) -> None:
+    from ..common.imageio import save_image
+
+    grid = trainer.sample_grid()
+    (run_dir / "samples").mkdir(exist_ok=True)
+    save_image(run_dir / "samples" / f"step-{trainer.step:09d}.png", grid)
+
+
+def _log(run_dir: Path, record: dict) -> None:
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_stylegan2(opts: TrainOptions, source: ImageSource | None = None,
+                    env: DistEnv | None = None) -> StyleGAN2Trainer:
+    """Run (or resume) a training run; returns the trainer with its final models.
+
+    Under torchrun each process calls this; rank 0 writes files.
+    """
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    own_env = env is None
+    env = env or init_distributed(opts.device)
+    try:
+        return _train(opts, source, env)
+    finally:
+        if own_env and env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(opts: TrainOptions, source: ImageSource | None, env: DistEnv) -> StyleGAN2Trainer:
+    run_dir = Path(opts.out)
+    if env.is_main:
+        check_writable_dir(run_dir)
+    found = latest_good_checkpoint(run_dir, warn=env.is_main) if run_dir.is_dir() else None
+    if found and not opts.resume:
+        raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+    if opts.resume and found:
+        stem, tensors, meta = found
+        saved = TrainOptions.from_dict(meta["train"])
+        for name in TrainOptions.RESUMABLE:
+            setattr(saved, name, getattr(opts, name))
+        opts = saved
+    elif opts.resume and env.is_main:
+        _warn(f"no checkpoint in {run_dir}; starting a new run")
+
+    trainer = StyleGAN2Trainer(opts, env, source)
+    if opts.resume and found:
+        trainer.load_state(tensors, meta, f"checkpoint {stem}")
+        if env.is_main:
+            print(f"resuming {run_dir} from step {trainer.step} ({trainer.nimg / 1000:.1f} kimg)", file=sys.stderr)
+    if env.is_main:
+        write_text_atomic(run_dir / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+
+    stop_requested = {"flag": False}
+
+    def _on_signal(signum, frame):  # finish the step, checkpoint, exit
+        stop_requested["flag"] = True
+
+    old_handlers = {}
+    if hasattr(signal, "SIGTERM") and _in_main_thread():
+        for s in (signal.SIGTERM, signal.SIGINT):
+            old_handlers[s] = signal.signal(s, _on_signal)
+
+    total = opts.total_steps
+    t_start = time.monotonic()
+    t_ckpt = t_start
+    bar = progress(total=total, initial=min(trainer.step, total), desc="stylegan2", unit="step",
+                   disable=None if env.is_main else True)
+    window_t, window_n = time.monotonic(), 0
+    try:
+        while trainer.step < total:
+            stats = trainer.train_step()
+            window_n += opts.batch
+            now = time.monotonic()
+            ips = window_n / max(now - window_t, 1e-9)
+            if now - window_t > 30:
+                window_t, window_n = now, 0
+            bar.update(1)
+            bar.set_postfix(G=f"{stats['loss_G']:.3f}", D=f"{stats['loss_D']:.3f}", img_s=f"{ips:.1f}",
+                            kimg=f"{trainer.nimg / 1000:.1f}", refresh=False)
+
+            flags = torch.tensor([
+                float(opts.ckpt_every > 0 and trainer.step % opts.ckpt_every == 0),
+                float(opts.ckpt_minutes > 0 and now - t_ckpt >= opts.ckpt_minutes * 60),
+                float(stop_requested["flag"] or (opts.minutes is not None and now - t_start >= opts.minutes * 60)),
+            ])
+            if env.world_size > 1:  # every rank acts on the same step
+                ft = flags.to(env.device)
+                dist.all_reduce(ft, op=dist.ReduceOp.MAX)
+                flags = ft.cpu()
+            stop = bool(flags[2])
+            if (flags[0] or flags[1]) and not stop and trainer.step < total:
+                _checkpoint_safely(trainer, run_dir, final=False)
+                t_ckpt = time.monotonic()
+                if env.is_main:
+                    _log(run_dir, {"step": trainer.step, "kimg": trainer.nimg / 1000, **stats, "img_s": ips,
+                                   "elapsed_s": now - t_start})
+            if env.is_main and opts.sample_every > 0 and trainer.step % opts.sample_every == 0 and trainer.step < total:
+                _save_grid(trainer, run_dir)
+            if stop:
+                break
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    _checkpoint_safely(trainer, run_dir, final=True)
+    if env.is_main:
+        _save_grid(trainer, run_dir)
+        _log(run_dir, {"step": trainer.step, "kimg": trainer.nimg / 1000, **trainer.stats,
+                       "elapsed_s": time.monotonic() - t_start, "final": trainer.step >= total})
+        print(f"step {trainer.step}/{total} ({trainer.nimg / 1000:.1f} kimg); generator: {run_dir / 'generator'}"
+              f".safetensors", file=sys.stderr)
+    return trainer
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _checkpoint_safely(trainer: StyleGAN2Trainer, run_dir: Path, final: bool) -> None:
+    """A failed periodic write (disk full) keeps the previous checkpoint and training goes on."""
+    try:
+        _write_checkpoint(trainer, run_dir)
+    except (OSError, UserError) as e:
+        msg = f"could not write a checkpoint at step {trainer.step} ({e}); the previous checkpoint is kept"
+        if final:
+            raise UserError(msg) from None
+        _warn(msg)

@@ -13,7 +13,7 @@ from typing import Sequence
 from ..common.errors import UserError
 
 #: command modules, imported lazily so ``mm2latent --help`` stays fast
-COMMAND_MODULES = ("world", "convert", "train", "perception")
+COMMAND_MODULES = ("world", "sample", "convert", "train")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -94,22 +94,18 @@ def _sheet(a) -> int:
     import numpy as np
 
     from ..common.fileio import check_output_file
-    from ..common.imageio import save_image
+    from ..common.imageio import make_grid, save_image
     from ..common.palette import index_to_color
     from ..world.params import sample_params
     from ..world.render import render
 
     _check_size(a.size)
     out = check_output_file(a.out)
-    cols = min(8, a.num)
     tiles = []
     for i in range(a.num):
         r = render(sample_params(a.seed, i), a.size)
         tiles.append(np.concatenate([r.image, index_to_color(r.mask)], 0))
-    while len(tiles) % cols:
-        tiles.append(np.zeros_like(tiles[0]))
-    rows = [np.concatenate(tiles[k:k + cols], 1) for k in range(0, len(tiles), cols)]
-    save_image(out, np.concatenate(rows, 0))
+    save_image(out, make_grid(tiles, min(8, a.num)))
     print(f"wrote {out}")
     return 0
 

@@ -123,3 +123,17 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     if s != size:
         im = im.resize((size, size), Image.LANCZOS)
     return np.asarray(im, dtype=np.uint8).copy()
+
+
+def make_grid(tiles, cols: int) -> np.ndarray:
+    """Tile equally sized (H, W, 3) uint8 images row by row; missing cells stay black."""
+    tiles = [np.asarray(t, dtype=np.uint8) for t in tiles]
+    if not tiles:
+        raise ValueError("no tiles")
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // cols)
+    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, t in enumerate(tiles):
+        y, x = divmod(i, cols)
+        grid[y * h:(y + 1) * h, x * w:(x + 1) * w] = t
+    return grid

@@ -44,6 +44,7 @@ from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
 from ..common.progress import progress
 from ..common.seeding import numpy_rng
+from ..common.imageio import make_grid
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, load_state_checked, save_generator
 from . import state as ckpt
 from .state import list_checkpoints, warn as _warn  # noqa: F401 - list_checkpoints is re-exported
@@ -652,15 +653,8 @@ class StyleGAN2Trainer:
         g = torch.Generator().manual_seed(self.opts.seed + 12345)
         z = torch.randn(n, self.cfg.z_dim, generator=g).to(self.device)
         imgs = torch.cat([self.G_ema(z[i:i + 16], truncation_psi=psi, noise_mode="const") for i in range(0, n, 16)])
-        cols = int(math.ceil(math.sqrt(n)))
-        rows = int(math.ceil(n / cols))
-        r = self.cfg.resolution
-        u8 = imgs.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).cpu()
-        grid = torch.zeros(3, rows * r, cols * r, dtype=torch.uint8)
-        for i in range(n):
-            y, x = divmod(i, cols)
-            grid[:, y * r:(y + 1) * r, x * r:(x + 1) * r] = u8[i]
-        return grid.permute(1, 2, 0).numpy()
+        u8 = imgs.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return make_grid(u8, int(math.ceil(math.sqrt(n))))
 
 
 # =========================================================================== run loop

@@ -33,14 +33,6 @@ FIR = torch.tensor([1.0, 3.0, 3.0, 1.0])
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run much faster single-threaded (and the CPU may be shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # --------------------------------------------------------------------------- neutral parameters
 
 

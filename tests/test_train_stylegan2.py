@@ -36,13 +36,6 @@ TINY = ["--size", "16", "--batch", "4", "--channels", "16,16,8", "--z-dim", "16"
         "--augment", "translation,color,cutout", "--sample-every", "0", "--ckpt-minutes", "0", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def png_dir(tmp_path_factory):

@@ -13,7 +13,7 @@ from typing import Sequence
 from ..common.errors import UserError
 
 #: command modules, imported lazily so ``mm2latent --help`` stays fast
-COMMAND_MODULES = ("world", "sample", "convert", "train")
+COMMAND_MODULES = ("world", "sample", "convert", "train", "perception", "eval")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,8 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train models (stylegan2)", description="Train models.")
     models = p.add_subparsers(dest="model", metavar="MODEL", parser_class=type(p))
     from .encoder import add_train_clip
+    from .perception import register_train_subcommands
 
     add_train_clip(models)
+    register_train_subcommands(models)
     s = models.add_parser(
         "stylegan2",
         help="train a StyleGAN2 generator",

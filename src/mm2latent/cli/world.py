@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..common.errors import UserError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
+from .argtypes import nonneg_int, positive_int
 
 
 def register(sub) -> None:
@@ -33,29 +13,29 @@ def register(sub) -> None:
     wsub = p.add_subparsers(dest="world_command", parser_class=type(p))
 
     r = wsub.add_parser("render", help="render N samples with image, mask, sketch and metadata")
-    r.add_argument("--num", type=_positive_int, required=True, help="number of samples")
-    r.add_argument("--seed", type=_nonneg_int, default=0, help="world seed (default 0)")
-    r.add_argument("--start", type=_nonneg_int, default=0, help="first sample index (default 0)")
+    r.add_argument("--num", type=positive_int, required=True, help="number of samples")
+    r.add_argument("--seed", type=nonneg_int, default=0, help="world seed (default 0)")
+    r.add_argument("--start", type=nonneg_int, default=0, help="first sample index (default 0)")
     r.add_argument("--size", type=int, default=128, help="resolution: 64, 128 or 256 (default 128)")
     r.add_argument("--out", required=True, help="output directory")
     r.set_defaults(func=_render)
 
     s = wsub.add_parser("sheet", help="contact sheet of renders with their colour masks")
-    s.add_argument("--num", type=_positive_int, default=16)
-    s.add_argument("--seed", type=_nonneg_int, default=0)
+    s.add_argument("--num", type=positive_int, default=16)
+    s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--out", required=True, help="output PNG")
     s.set_defaults(func=_sheet)
 
     c = wsub.add_parser("calibrate", help="compare world layout with real CelebAMask-HQ masks")
     c.add_argument("--real", required=True, help="folder with masks-index/ and masks-color/")
-    c.add_argument("--num", type=_positive_int, default=300)
+    c.add_argument("--num", type=positive_int, default=300)
     c.set_defaults(func=_calibrate)
     k = wsub.add_parser("cache", help="pre-render a split into memory-mappable arrays for training")
     k.add_argument("--split", default="train", help="train, val or test (disjoint world seeds)")
-    k.add_argument("--num", type=_positive_int, required=True)
+    k.add_argument("--num", type=positive_int, required=True)
     k.add_argument("--size", type=int, default=128)
-    k.add_argument("--workers", type=_positive_int, default=None)
+    k.add_argument("--workers", type=positive_int, default=None)
     k.add_argument("--out", required=True, help="cache directory (must not exist)")
     k.set_defaults(func=_cache)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

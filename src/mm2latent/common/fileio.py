@@ -12,6 +12,18 @@ from typing import Iterator
 from .errors import UserError
 
 
+def check_input_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """An existing, non-empty regular file, or one clear UserError saying what is wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise UserError(f"expected a {what} file but {p} is a directory")
+    if p.stat().st_size == 0:
+        raise UserError(f"{what} file is empty: {p}")
+    return p
+
+
 def check_writable_dir(directory: str | os.PathLike, create: bool = True) -> Path:
     """Make sure ``directory`` exists (creating it if asked) and is writable."""
     d = Path(directory)
@@ -56,6 +68,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise UserError(f"cannot write to {parent}: {e.strerror or e}") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the final file normal permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

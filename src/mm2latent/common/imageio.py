@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import UserError
-from .fileio import atomic_path
+from .fileio import atomic_path, check_input_file
 
 #: Largest image we accept (pixels); protects against decompression bombs.
 MAX_PIXELS = 64_000_000
@@ -27,13 +27,7 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def _open_checked(path: str | os.PathLike) -> Image.Image:
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"image not found: {p}")
-    if p.is_dir():
-        raise UserError(f"expected an image file but {p} is a directory")
-    if p.stat().st_size == 0:
-        raise UserError(f"image file is empty: {p}")
+    p = check_input_file(path, "image")
     data = p.read_bytes()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)

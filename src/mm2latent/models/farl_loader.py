@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from ..common.errors import UserError
+from ..common.fileio import check_input_file
 from .clip import CLIP, CLIPConfig, load_state_into, save_clip
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,7 @@ def _unpickler_detail(message: str) -> str:
 
 def read_checkpoint_file(path: str | os.PathLike) -> Any:
     """The object stored in a ``.pth``/``.pt`` file, read without running pickled code."""
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"checkpoint not found: {p}")
-    if p.is_dir():
-        raise UserError(f"expected a checkpoint file but {p} is a directory")
-    if p.stat().st_size == 0:
-        raise UserError(f"checkpoint file is empty: {p}")
+    p = check_input_file(path, "checkpoint")
     if _is_torchscript(p):
         try:
             with warnings.catch_warnings():

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ..common.errors import UserError
+from ..common.fileio import check_input_file
 from .stylegan2 import Generator, StyleGAN2Config, load_state_checked
 
 FIR_TAPS = (1.0, 3.0, 3.0, 1.0)
@@ -513,13 +514,7 @@ def load_official(path: str | os.PathLike, key: str | None = None, lr_mlp: float
     learning-rate multiplier for rosinality files, whose state dict does not
     record it (default 0.01, the value of every public model).
     """
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"checkpoint not found: {p}")
-    if p.is_dir():
-        raise UserError(f"expected a checkpoint file but {p} is a directory")
-    if p.stat().st_size == 0:
-        raise UserError(f"checkpoint {p} is empty")
+    p = check_input_file(path, "checkpoint")
     what = f"checkpoint {p.name}"
     if zipfile.is_zipfile(p):
         data = _torch_load_safe(p)

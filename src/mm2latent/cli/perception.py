@@ -1,0 +1,231 @@
+"""Perception commands: ``parse``, ``attributes``, ``coeffs``, ``eval perception``,
+and the ``train`` sub-verbs ``parser``, ``analyzer``, ``mask-ae``, ``sketch-ae``, ``coeff-ae``.
+
+``register(sub)`` adds the top-level verbs (``parse``, ``attributes``,
+``coeffs``); :mod:`mm2latent.cli.eval` owns ``eval``. The ``train`` verb belongs to :mod:`mm2latent.cli.train`;
+it hooks the perception trainers in with :func:`register_train_subcommands`.
+Likewise another ``eval`` owner can call :func:`register_eval_subcommands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..common.errors import UserError
+from .argtypes import positive_float as _positive_float
+from .argtypes import positive_int as _positive_int
+
+WEIGHTS_HELP = "directory of perception weights (default: the package's shipped mm2latent/weights/)"
+
+
+def _json_object(text: str) -> dict:
+    try:
+        v = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"base\": 16}'")
+    return v
+
+
+# --------------------------------------------------------------------------- top-level verbs
+
+
+def register(sub) -> None:
+    p = sub.add_parser("parse", help="face parsing: photo -> 19-class CelebAMask-HQ label map",
+                       description="Write the label map of a face photo as an index PNG (values 0..18) or, with "
+                       "--color, in the CelebAMask-HQ palette. Non-square photos are centre-cropped; the mask "
+                       "has the cropped side length unless --size is given.")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--out", required=True, metavar="MASK.png", help="output mask (.png)")
+    p.add_argument("--color", action="store_true", help="write a colour PNG in the CelebAMask-HQ palette")
+    p.add_argument("--size", type=_positive_int, default=None, help="output side in pixels (default: the input's)")
+    p.add_argument("--weights", default=None, metavar="DIR", help=WEIGHTS_HELP)
+    p.set_defaults(func=_parse)
+
+    a = sub.add_parser("attributes", help="attribute probabilities of a face photo (JSON, CelebA names)")
+    a.add_argument("image", metavar="IMAGE")
+    a.add_argument("--weights", default=None, metavar="DIR", help=WEIGHTS_HELP)
+    a.set_defaults(func=_attributes)
+
+    c = sub.add_parser("coeffs", help="pose/expression/shape coefficients of a face photo (JSON, raw units)")
+    c.add_argument("image", metavar="IMAGE")
+    c.add_argument("--weights", default=None, metavar="DIR", help=WEIGHTS_HELP)
+    c.set_defaults(func=_coeffs)
+
+
+def register_eval_subcommands(esub) -> None:
+    p = esub.add_parser("perception", help="held-out metrics of parser, analyzer and the autoencoders",
+                        description="Parser mIoU and per-class IoU (plus mIoU on the real CelebAMask-HQ photos), "
+                        "attribute balanced accuracy, coefficient MAE (raw units), mask-AE mIoU on clean and "
+                        "perturbed masks, sketch-AE edge F-score (1 px tolerance), coeff-AE MAE. nan is written as null.")
+    p.add_argument("--weights", default=None, metavar="DIR", help=WEIGHTS_HELP)
+    p.add_argument("--data", required=True, metavar="TEST_CACHE_DIR", help="held-out world cache (e.g. --split test)")
+    p.add_argument("--out", required=True, metavar="report.json")
+    p.add_argument("--models", default=None,
+                   help="comma-separated subset of parser,analyzer,mask_ae,sketch_ae,coeff_ae (default: all found)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--real-photos", default=None, metavar="DIR",
+                   help="CelebAMask-HQ folder with photos/ and masks-index/ (default: the shared eval set if present)")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.set_defaults(func=_eval_perception)
+
+
+def _load_photo(path: str):
+    from ..common.imageio import load_image
+
+    return load_image(path)
+
+
+def _parse(args) -> int:
+    from ..common.fileio import check_output_file
+    from ..common.palette import save_mask
+    from ..perception import load_module, parse_image
+
+    if Path(args.out).suffix.lower() != ".png":
+        raise UserError(f"masks are written as PNG; got --out {args.out}")
+    image = _load_photo(args.image)
+    check_output_file(args.out)
+    parser = load_module(args.weights, "parser")
+    mask = parse_image(parser, image, out_size=args.size)
+    save_mask(args.out, mask, color=args.color)
+    return 0
+
+
+def _attributes(args) -> int:
+    from ..perception import analyze_image, load_module
+
+    image = _load_photo(args.image)
+    probs, _ = analyze_image(load_module(args.weights, "analyzer"), image)
+    print(json.dumps({k: round(v, 4) for k, v in probs.items()}, indent=2))
+    return 0
+
+
+def _coeffs(args) -> int:
+    from ..perception import analyze_image, load_module
+
+    image = _load_photo(args.image)
+    _, coeffs = analyze_image(load_module(args.weights, "analyzer"), image)
+    print(json.dumps({k: round(v, 4) for k, v in coeffs.items()}, indent=2))
+    return 0
+
+
+def _eval_perception(args) -> int:
+    import torch
+
+    from ..common.fileio import check_output_file, write_text_atomic
+    from ..eval.perception import REAL_PHOTOS_DIR, evaluate_perception, jsonable
+    from ..perception import NAMES, default_weights_dir, load_module
+    from ..world.cache import CachedWorldDataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    check_output_file(args.out)
+    wdir = Path(args.weights) if args.weights else default_weights_dir()
+    if args.models:
+        names = [n.strip().replace("-", "_") for n in args.models.split(",") if n.strip()]
+        bad = [n for n in names if n not in NAMES]
+        if bad:
+            raise UserError(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(NAMES)}")
+    else:
+        if not wdir.is_dir():
+            raise UserError(f"weights directory {wdir} does not exist")
+        names = [n for n in NAMES if (wdir / f"{n}.safetensors").exists()]
+        if not names:
+            raise UserError(f"no perception weights in {wdir} (expected e.g. parser.safetensors)")
+    modules = {n: load_module(args.weights, n) for n in names}
+    data = CachedWorldDataset(args.data)
+    real = args.real_photos or REAL_PHOTOS_DIR
+    if args.real_photos and not Path(args.real_photos, "photos").is_dir():
+        raise UserError(f"{args.real_photos} has no photos/ folder")
+    report = evaluate_perception(modules, data, limit=args.limit, real_photos=real)
+    report["weights"] = str(wdir)
+    report["data"] = str(args.data)
+    write_text_atomic(args.out, json.dumps(jsonable(report), indent=2) + "\n")
+    print(_summary(report))
+    return 0
+
+
+def _summary(r: dict) -> str:
+    lines = [f"perception eval on {r['num_samples']} samples"]
+    if "parser" in r:
+        s = f"parser mIoU {r['parser']['miou']:.4f}"
+        if "real_photos" in r["parser"]:
+            s += f" (real photos {r['parser']['real_photos']['miou']:.4f})"
+        lines.append(s)
+    if "analyzer" in r:
+        mae = r["analyzer"]["coeffs"]["mae"]
+        lines.append(f"attributes mean balanced accuracy {r['analyzer']['attributes']['mean_balanced_accuracy']:.4f}; "
+                     f"yaw/pitch/roll MAE {mae['yaw']:.2f}/{mae['pitch']:.2f}/{mae['roll']:.2f} deg")
+    if "mask_ae" in r:
+        pm = r["mask_ae"]["perturbed_miou"]
+        lines.append(f"mask AE mIoU {r['mask_ae']['miou']:.4f} (" + ", ".join(f"{k} {v:.4f}" for k, v in pm.items()) + ")")
+    if "sketch_ae" in r:
+        lines.append(f"sketch AE F-score {r['sketch_ae']['fscore']:.4f} (rough {r['sketch_ae']['rough']['fscore']:.4f})")
+    if "coeff_ae" in r:
+        mae = r["coeff_ae"]["mae"]
+        lines.append(f"coeff AE yaw MAE {mae['yaw']:.3f} deg, smile MAE {mae['smile']:.4f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- train sub-verbs
+
+TRAIN_VERBS = {
+    "parser": ("parser", "face parser (image -> 19-class label map)"),
+    "analyzer": ("analyzer", "attribute classifier + pose/expression/shape regressor"),
+    "mask-ae": ("mask_ae", "mask autoencoder (19-class one-hot -> 512-d)"),
+    "sketch-ae": ("sketch_ae", "sketch autoencoder (edge map -> 512-d)"),
+    "coeff-ae": ("coeff_ae", "coefficient autoencoder (13 -> 512-d)"),
+}
+
+
+def register_train_subcommands(models) -> None:
+    """Add the perception trainers to the ``train`` verb's sub-parsers."""
+    for verb, (task, what) in TRAIN_VERBS.items():
+        s = models.add_parser(
+            verb, help=f"train the {what}",
+            description=f"Train the {what} on a world cache. Checkpoints go to RUN_DIR/checkpoints every "
+            "--ckpt-minutes (atomic; the last two kept); --resume continues exactly; the float16 weights are "
+            f"written to --export (default RUN_DIR/{task}.safetensors) at the end.")
+        s.add_argument("--data", required=True, metavar="CACHE_DIR",
+                       help="world cache (mm2latent world cache ...) or 'world' to render on the fly (slow)")
+        s.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+        s.add_argument("--minutes", type=_positive_float, default=None,
+                       help="total wall-clock budget of the run in minutes, counted across resumes")
+        s.add_argument("--steps", type=_positive_int, default=None, help="total number of steps")
+        s.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR (starts fresh if it has none)")
+        s.add_argument("--export", default=None, metavar="PATH", help="where to write the shipped weights (.safetensors)")
+        s.add_argument("--val", default=None, metavar="CACHE_DIR", help="validation cache, evaluated at each checkpoint")
+        s.add_argument("--val-limit", type=_positive_int, default=256, help="validation samples (default 256)")
+        s.add_argument("--batch", type=_positive_int, default=None, help="batch size (default per model)")
+        s.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default per model)")
+        s.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
+        s.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (default 50)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
+        s.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
+        s.add_argument("--model-config", type=_json_object, default={}, metavar="JSON",
+                       help="model config overrides, e.g. '{\"base\": 16, \"depth\": 4}'")
+        s.add_argument("--ckpt-minutes", type=_positive_float, default=5.0, help="checkpoint interval (default 5)")
+        s.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+        s.set_defaults(func=_train, perception_task=task)
+
+
+def _train(args) -> int:
+    from ..train.perception import PerceptionTrainOptions, train_perception
+
+    opts = PerceptionTrainOptions(
+        task=args.perception_task, data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
+        batch=args.batch, lr=args.lr, schedule=args.schedule, warmup=args.warmup, augment=not args.no_augment,
+        seed=args.seed, limit=args.limit, val=args.val, val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
+        model=args.model_config, export=args.export, threads=args.threads,
+    )
+    train_perception(opts, resume=args.resume)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the mm2latent command")

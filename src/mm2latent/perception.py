@@ -1,0 +1,199 @@
+"""Loading (and writing) the shipped perception models.
+
+A weights directory holds one safetensors + JSON pair per model::
+
+    parser.safetensors     parser.json      (kind "parser")
+    analyzer.safetensors   analyzer.json    (kind "analyzer")
+    mask_ae.safetensors    mask_ae.json     (kind "mask_ae")
+    sketch_ae.safetensors  sketch_ae.json   (kind "sketch_ae")
+    coeff_ae.safetensors   coeff_ae.json    (kind "coeff_ae")
+
+The JSON holds ``kind``, the model ``config`` and training notes; tensors may
+be stored in float16 (they are loaded as float32). The package's shipped
+directory is ``mm2latent/weights/``.
+
+>>> p = load_perception()                     # shipped weights
+>>> p = load_perception("runs/weights", names=("parser",))
+>>> labels = p.parser(images).argmax(1)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .common.checkpoint import load_checkpoint, save_checkpoint
+from .common.errors import UserError
+
+NAMES: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
+FORMAT_VERSION = 1
+
+
+def default_weights_dir() -> Path:
+    return Path(__file__).resolve().parent / "weights"
+
+
+def model_classes(kind: str):
+    """(module class, config class) for a model kind."""
+    from .models import analyzer, autoencoders, parser
+
+    table = {
+        "parser": (parser.FaceParser, parser.ParserConfig),
+        "analyzer": (analyzer.FaceAnalyzer, analyzer.AnalyzerConfig),
+        "mask_ae": (autoencoders.MaskAE, autoencoders.MaskAEConfig),
+        "sketch_ae": (autoencoders.SketchAE, autoencoders.SketchAEConfig),
+        "coeff_ae": (autoencoders.CoeffAE, autoencoders.CoeffAEConfig),
+    }
+    if kind not in table:
+        raise UserError(f"unknown perception model kind {kind!r}; known: {', '.join(table)}")
+    return table[kind]
+
+
+def build_model(kind: str, config: dict | None = None) -> torch.nn.Module:
+    cls, cfg_cls = model_classes(kind)
+    try:
+        cfg = cfg_cls.from_dict(config or {})
+        return cls(cfg)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid {kind} config: {e}") from None
+
+
+def module_state(module: torch.nn.Module, half: bool = False) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in module.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue  # not needed for inference
+        out[k] = v.half() if half and v.is_floating_point() else v
+    return out
+
+
+def save_module(module: torch.nn.Module, path: str | os.PathLike, half: bool = True, extra: dict[str, Any] | None = None) -> Path:
+    """Write a shipped model: ``path`` (.safetensors) + JSON with kind and config."""
+    config = {"kind": module.kind, "format_version": FORMAT_VERSION, "config": module.config.to_dict(),
+              "dtype": "float16" if half else "float32", **(extra or {})}
+    return save_checkpoint(path, module_state(module, half), config)
+
+
+def load_module_file(path: str | os.PathLike, kind: str) -> torch.nn.Module:
+    """Load one shipped model file of the given kind (eval mode, float32)."""
+    tensors, cfg = load_checkpoint(path, expect_kind=kind)
+    model = build_model(kind, cfg.get("config") or {})
+    state = model.state_dict()
+    missing = [k for k in state if k not in tensors and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in tensors if k not in state]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {path} does not match its {kind} config "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in tensors.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            raise UserError(f"checkpoint {path}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(state[k].shape)}")
+        state[k] = v.to(state[k].dtype)
+    model.load_state_dict(state)
+    model.eval()
+    return model
+
+
+def load_module(weights_dir: str | os.PathLike | None, name: str) -> torch.nn.Module:
+    """Load ``name`` (one of :data:`NAMES`) from a weights directory."""
+    if name not in NAMES:
+        raise UserError(f"unknown perception model {name!r}; known: {', '.join(NAMES)}")
+    d = Path(weights_dir) if weights_dir is not None else default_weights_dir()
+    if not d.exists():
+        hint = " (the package ships none yet: train with `mm2latent train ...` and pass --weights)" if weights_dir is None else ""
+        raise UserError(f"weights directory {d} does not exist{hint}")
+    if not d.is_dir():
+        raise UserError(f"weights path {d} is not a directory")
+    f = d / f"{name}.safetensors"
+    if not f.exists():
+        raise UserError(f"no {name} weights in {d} (expected {f.name} and {name}.json)")
+    return load_module_file(f, name)
+
+
+@dataclass
+class Perception:
+    parser: torch.nn.Module | None = None
+    analyzer: torch.nn.Module | None = None
+    mask_ae: torch.nn.Module | None = None
+    sketch_ae: torch.nn.Module | None = None
+    coeff_ae: torch.nn.Module | None = None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {n: getattr(self, n) for n in NAMES if getattr(self, n) is not None}
+
+    def to(self, device) -> "Perception":
+        for m in self.modules().values():
+            m.to(device)
+        return self
+
+
+def load_perception(weights_dir: str | os.PathLike | None = None, names: Iterable[str] = NAMES) -> Perception:
+    """Load the perception models ``names`` from ``weights_dir`` (default: shipped)."""
+    return Perception(**{n: load_module(weights_dir, n) for n in names})
+
+
+# --------------------------------------------------------------------------- convenience for one image
+
+
+def image_batch(image: np.ndarray, size: int) -> torch.Tensor:
+    """uint8 (H, W, 3) photo -> (1, 3, size, size) in [-1, 1] (centre crop + Lanczos resize)."""
+    from .common.imageio import image_to_tensor, resize_image
+
+    return image_to_tensor(resize_image(image, size))[None]
+
+
+@torch.no_grad()
+def parse_image(parser: torch.nn.Module, image: np.ndarray, out_size: int | None = None) -> np.ndarray:
+    """Label map (uint8 0..18) of a photo, at ``out_size`` (default: the centre-cropped input side)."""
+    x = image_batch(image, parser.config.size)
+    logits = parser.eval()(x)
+    side = out_size or min(image.shape[:2])
+    if side != logits.shape[-1]:
+        logits = torch.nn.functional.interpolate(logits, size=(side, side), mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].to(torch.uint8).numpy()
+
+
+@torch.no_grad()
+def analyze_image(analyzer: torch.nn.Module, image: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
+    """(attribute probabilities by CelebA name, coefficients in raw units) of a photo."""
+    from .world.attributes import ATTRIBUTES
+    from .world.dataset import denormalise_coeffs
+    from .world.params import COEFF_NAMES
+
+    a, c = analyzer.eval()(image_batch(image, analyzer.config.size))
+    probs = torch.sigmoid(a)[0].tolist()
+    raw = denormalise_coeffs(c.clamp(-1, 1))[0].tolist()
+    return dict(zip(ATTRIBUTES, probs)), dict(zip(COEFF_NAMES, raw))
+
+
+def sketch_from_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """A user's sketch (uint8 RGB or grey, any size) -> (1, size, size) float, 1 = line.
+
+    Black-on-white and white-on-black drawings are both accepted: lines are the
+    minority ink, so a mostly dark image is read as white lines on black. The
+    image is centre-cropped to a square and area-resized so thin lines survive.
+    """
+    from PIL import Image
+
+    a = np.asarray(image, dtype=np.float32)
+    grey = a if a.ndim == 2 else a[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = grey / 255.0
+    line = (grey > 0.5) if grey.mean() < 0.5 else (grey < 0.5)
+    h, w = line.shape
+    s = min(h, w)
+    line = line[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].astype(np.float32)
+    if s != size:
+        im = Image.fromarray(line, mode="F").resize((size, size), Image.BOX)
+        line = (np.asarray(im) > (0.2 if s > size else 0.5)).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(line))[None]
+
+
+def load_sketch(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """Read a sketch image file (see :func:`sketch_from_image`)."""
+    from .common.imageio import load_image
+
+    return sketch_from_image(load_image(path), size)

@@ -1,0 +1,754 @@
+"""Trainers for the perception stack: parser, analyzer, mask/sketch/coeff AEs.
+
+One loop for all five tasks (:func:`train_perception`); a :class:`Task`
+supplies the model, the loss (with its augmentation) and a quick validation.
+
+* Data: a world cache directory (:class:`~mm2latent.world.cache.CachedWorldDataset`,
+  fast) or ``"world"`` (the on-the-fly :class:`~mm2latent.world.dataset.FaceWorldDataset`).
+* Optimiser: Adam; learning rate with linear warm-up then cosine (default)
+  or step decay. The schedule runs on ``step / steps`` when ``--steps`` is
+  given, otherwise on ``elapsed / minutes`` (the time budget).
+* Budget: ``minutes`` is the run's total wall-clock budget, counted across
+  resumed sessions; ``steps`` the total number of steps. Whichever ends first.
+* Checkpoints: ``RUN_DIR/checkpoints/step-NNNNNNNN.{safetensors,json}``,
+  written atomically every ``ckpt_minutes`` and at the end; the last two are
+  kept. They hold the model, the Adam state flattened into tensors, the data
+  order position and the counters; augmentation randomness is keyed by
+  ``(seed, step)``, so a resumed run continues exactly as an uninterrupted one.
+* Export: at the end the model is written in float16 to ``export`` (default
+  ``RUN_DIR/<task>.safetensors``) in the format :mod:`mm2latent.perception` loads.
+* Logs: ``RUN_DIR/log.jsonl`` (loss, lr, img/s, validation metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..common.checkpoint import load_checkpoint, save_checkpoint
+from ..common.errors import UserError
+from ..common.fileio import check_output_file, check_writable_dir
+from ..common.palette import NUM_CLASSES
+from ..common.progress import progress
+from ..common.seeding import numpy_rng
+from ..models.autoencoders import augment_mask_pair, augment_sketch_pair, random_affine, warp, warp_labels
+from ..perception import build_model, save_module
+
+TASKS: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
+TRAIN_KIND_PREFIX = "train_"
+
+#: per-task defaults (batch, learning rate)
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "parser": {"batch": 16, "lr": 3e-3},
+    "analyzer": {"batch": 32, "lr": 2e-3},
+    "mask_ae": {"batch": 16, "lr": 2e-3},
+    "sketch_ae": {"batch": 16, "lr": 2e-3},
+    "coeff_ae": {"batch": 256, "lr": 1e-3},
+}
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass
+class PerceptionTrainOptions:
+    task: str
+    data: str
+    out: str
+    steps: int | None = None
+    minutes: float | None = None
+    batch: int | None = None  # None: task default
+    lr: float | None = None  # None: task default
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup: int = 50
+    weight_decay: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    limit: int | None = None  # use only the first N training samples
+    val: str | None = None  # validation cache for periodic metrics
+    val_limit: int = 256
+    ckpt_minutes: float = 5.0
+    log_every: int = 20
+    model: dict = field(default_factory=dict)  # model config overrides
+    export: str | None = None
+    threads: int | None = None
+
+    def validate(self, require_budget: bool = True) -> None:
+        if self.task not in TASKS:
+            raise UserError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if require_budget and self.steps is None and self.minutes is None:
+            raise UserError("give a budget: --steps N and/or --minutes M")
+        if self.steps is not None and self.steps <= 0:
+            raise UserError("--steps must be positive")
+        if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise UserError("--minutes must be a positive number")
+        if self.batch is not None and self.batch <= 0:
+            raise UserError("--batch must be positive")
+        if self.lr is not None and not (self.lr > 0):
+            raise UserError("--lr must be positive")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise UserError(f"unknown schedule {self.schedule!r}; use cosine, step or constant")
+        if self.limit is not None and self.limit <= 0:
+            raise UserError("--limit must be positive")
+        if self.ckpt_minutes <= 0:
+            raise UserError("--ckpt-minutes must be positive")
+
+    def resolved(self) -> "PerceptionTrainOptions":
+        d = TASK_DEFAULTS[self.task]
+        return dataclasses.replace(self, batch=self.batch or d["batch"], lr=self.lr or d["lr"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PerceptionTrainOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------- data
+
+
+class _OnTheFly:
+    """``.batch(indices)`` over the on-the-fly renderer (slow: ~65 ms per face)."""
+
+    def __init__(self, size: int, length: int = 100_000, split: str = "train"):
+        from ..world.dataset import FaceWorldDataset
+
+        self.ds = FaceWorldDataset(size=size, length=length, split=split, with_captions=False)
+        self.size = size
+        self._attrs = None
+
+    @property
+    def attributes(self) -> np.ndarray:
+        """Attribute labels of the first few thousand samples, from their
+        parameters alone (no rendering): enough for class-balance weights."""
+        if self._attrs is None:
+            from ..world.params import sample_params
+
+            n = min(len(self.ds), 4000)
+            self._attrs = np.stack([sample_params(self.ds.seed, i).attr_vector() for i in range(n)])
+        return self._attrs
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def batch(self, idx) -> dict:
+        items = [self.ds[int(i)] for i in np.sort(np.asarray(idx))]
+        return {k: torch.stack([it[k] for it in items]) for k in ("image", "mask", "sketch", "attributes", "coeffs")}
+
+
+def open_data(spec: str, size: int = 128, limit: int | None = None):
+    """A cache directory, or ``world`` / ``world:SPLIT`` for on-the-fly rendering."""
+    if spec == "world" or spec.startswith("world:"):
+        split = spec.split(":", 1)[1] if ":" in spec else "train"
+        return _OnTheFly(size, limit or 100_000, split)
+    from ..world.cache import CachedWorldDataset
+
+    p = Path(spec)
+    if not p.exists():
+        raise UserError(f"data directory {p} does not exist (build one with `mm2latent world cache`)")
+    return CachedWorldDataset(p, length=limit)
+
+
+class Sampler:
+    """Epoch-wise random order keyed by (seed, epoch); position is (epoch, cursor)."""
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, cursor: int = 0):
+        self.n, self.seed, self.epoch, self.cursor = n, seed, epoch, cursor
+        self._perm = None
+        self._perm_epoch = -1
+
+    def _perm_for(self, epoch: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            self._perm = numpy_rng(self.seed, 0xDA7A, epoch).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def take(self, count: int) -> np.ndarray:
+        out = []
+        while count > 0:
+            perm = self._perm_for(self.epoch)
+            k = min(count, self.n - self.cursor)
+            out.append(perm[self.cursor:self.cursor + k])
+            self.cursor += k
+            count -= k
+            if self.cursor >= self.n:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return np.concatenate(out)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
+    """Brightness, contrast, saturation, per-channel gain and mild noise for
+    images in [-1, 1]; ``strength`` scales every range."""
+    b = x.shape[0]
+    r = lambda *s: torch.rand(*s, generator=gen)  # noqa: E731
+    y = (x + 1) / 2
+    y = y + (r(b, 1, 1, 1) - 0.5) * 0.3 * strength
+    mean = y.mean((1, 2, 3), keepdim=True)
+    y = (y - mean) * (1 + (r(b, 1, 1, 1) - 0.5) * 0.4 * strength) + mean
+    grey = y.mean(1, keepdim=True)
+    y = (y - grey) * (1 + (r(b, 1, 1, 1) - 0.5) * 0.6 * strength) + grey
+    y = y * (1 + (r(b, 3, 1, 1) - 0.5) * 0.16 * strength)
+    y = y + torch.randn(y.shape, generator=gen) * (0.02 * strength * r(b, 1, 1, 1))
+    return (y.clamp(0, 1) * 2 - 1)
+
+
+def random_blur(x: torch.Tensor, gen: torch.Generator, p: float = 0.2) -> torch.Tensor:
+    """3x3 binomial blur on a random subset of the batch."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = (k[:, None] * k[None]) / 16
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.expand(x.shape[1], 1, 3, 3).contiguous(), groups=x.shape[1])
+    use = (torch.rand(x.shape[0], 1, 1, 1, generator=gen) < p).float()
+    return use * blurred + (1 - use) * x
+
+
+def augment_image_mask(image: torch.Tensor, mask: torch.Tensor, gen: torch.Generator, p_affine: float = 0.5
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parser augmentation: the same small affine on image (bilinear) and mask
+    (nearest), both with border padding so they stay consistent; colour jitter
+    and occasional blur on the image."""
+    theta = random_affine(image.shape[0], gen, shift=0.06, rotate=10.0, scale=(0.9, 1.1), p=p_affine)
+    image = warp(image, theta, mode="bilinear", padding="border")
+    mask = warp_labels(mask, theta, padding="border")
+    image = random_blur(color_jitter(image, gen), gen)
+    return image, mask
+
+
+def integer_shift(x: torch.Tensor, gen: torch.Generator, max_px: int = 4, mask: torch.Tensor | None = None):
+    """Shift each image by whole pixels (no resampling blur), border
+    replicated; with ``mask`` (B, H, W) also shift it alike and return both."""
+    b, _, h, w = x.shape
+    s = torch.randint(-max_px, max_px + 1, (b, 2), generator=gen)
+    p = max_px
+
+    def crop(t):
+        return torch.stack([t[i, ..., p + int(s[i, 0]):p + int(s[i, 0]) + h, p + int(s[i, 1]):p + int(s[i, 1]) + w]
+                            for i in range(b)])
+
+    out = crop(F.pad(x, (p, p, p, p), mode="replicate"))
+    if mask is None:
+        return out
+    mp = F.pad(mask[:, None].float(), (p, p, p, p), mode="replicate")[:, 0].long()
+    return out, crop(mp)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present in the batch (prediction or truth)."""
+    prob = logits.softmax(1)
+    oh = F.one_hot(target, num_classes).permute(0, 3, 1, 2).float()
+    inter = (prob * oh).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + oh.sum((0, 2, 3))
+    present = oh.sum((0, 2, 3)) > 0
+    dice = (2 * inter + 1) / (denom + 1)
+    return 1 - dice[present].mean()
+
+
+class Task:
+    name = ""
+
+    def __init__(self, opts: PerceptionTrainOptions, data):
+        self.opts = opts
+        self.size = int(getattr(data, "size", 128))
+
+    def model_config(self) -> dict:
+        cfg = dict(self.opts.model)
+        if self.name in ("parser", "analyzer", "mask_ae", "sketch_ae"):
+            cfg.setdefault("size", self.size)
+        return cfg
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, d: dict) -> None:
+        pass
+
+    def loss(self, model, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def validate(self, model, val) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def class_weights(data, num_classes: int = NUM_CLASSES, max_samples: int = 512) -> np.ndarray:
+    """Inverse-square-root class frequencies (normalised so that the average
+    pixel weighs 1, capped at 50): small parts such as eyes and earrings get
+    gradient from the first steps instead of after thousands."""
+    n = min(len(data), max_samples if hasattr(data, "masks") else 64)
+    counts = np.zeros(num_classes)
+    for a in range(0, n, 64):
+        m = data.batch(np.arange(a, min(n, a + 64)))["mask"].numpy()
+        counts += np.bincount(m.ravel(), minlength=num_classes)[:num_classes]
+    freq = counts / max(1, counts.sum())
+    w = (freq + 1e-4) ** -0.5
+    w = w / (w * freq).sum()
+    return np.minimum(w, 50.0)
+
+
+class ParserTask(Task):
+    name = "parser"
+    dice_weight = 1.0
+
+    def __init__(self, opts, data):
+        super().__init__(opts, data)
+        self.weights = class_weights(data)
+
+    def extra_state(self):
+        return {"class_weights": [float(v) for v in self.weights]}
+
+    def load_extra_state(self, d):
+        if "class_weights" in d:
+            self.weights = np.asarray(d["class_weights"], np.float64)
+
+    def loss(self, model, batch, gen):
+        img, mask = batch["image"], batch["mask"]
+        if self.opts.augment:
+            img, mask = augment_image_mask(img, mask, gen)
+        logits = model(img)
+        ce = F.cross_entropy(logits, mask, weight=torch.from_numpy(self.weights).float())
+        dice = soft_dice_loss(logits, mask, NUM_CLASSES)
+        return ce + self.dice_weight * dice, {"ce": ce.item(), "dice": dice.item()}
+
+    def validate(self, model, val):
+        from ..eval.perception import eval_parser
+
+        r = eval_parser(model, val, limit=self.opts.val_limit)
+        return {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"]}
+
+
+class AnalyzerTask(Task):
+    name = "analyzer"
+    coeff_weight = 2.0
+    seg_weight = 0.5
+
+    def __init__(self, opts, data):
+        super().__init__(opts, data)
+        attrs = getattr(data, "attributes", None)
+        if attrs is not None:
+            p = np.asarray(attrs[: len(data)], np.float64).mean(0)
+        else:
+            p = np.full(37, 0.5)
+        self.pos_rate = np.clip(p, 0.01, 0.99)
+
+    def extra_state(self):
+        return {"pos_rate": [float(v) for v in self.pos_rate]}
+
+    def load_extra_state(self, d):
+        if "pos_rate" in d:
+            self.pos_rate = np.asarray(d["pos_rate"], np.float64)
+
+    def loss(self, model, batch, gen):
+        img = batch["image"]
+        batch["aux_mask"] = batch["mask"]
+        if self.opts.augment:
+            img, batch["aux_mask"] = integer_shift(img, gen, 4, batch["mask"])
+            img = color_jitter(img, gen, strength=0.15)
+        logits, coeffs, seg = model.forward_train(img)
+        y = batch["attributes"]
+        # class-balanced BCE: positives and negatives of each attribute weigh
+        # the same in total, which is what balanced accuracy measures
+        p = torch.from_numpy(self.pos_rate).float()
+        w = torch.where(y > 0.5, 0.5 / p, 0.5 / (1 - p)).clamp(max=10.0)
+        bce = F.binary_cross_entropy_with_logits(logits, y, weight=w)
+        l1 = F.smooth_l1_loss(coeffs, batch["coeffs"], beta=0.05)
+        loss = bce + self.coeff_weight * l1
+        logs = {"bce": bce.item(), "coeff_l1": l1.item()}
+        if seg is not None:
+            # auxiliary coarse parsing (training only), on the shifted mask
+            f = img.shape[-1] // seg.shape[-1]
+            aux = F.cross_entropy(seg, batch["aux_mask"][:, f // 2::f, f // 2::f])
+            loss = loss + self.seg_weight * aux
+            logs["aux_seg"] = aux.item()
+        return loss, logs
+
+    def validate(self, model, val):
+        from ..eval.perception import eval_analyzer
+
+        r = eval_analyzer(model, val, limit=self.opts.val_limit)
+        mae = r["coeffs"]["mae"]
+        return {"mean_bal_acc": r["attributes"]["mean_balanced_accuracy"],
+                "min_bal_acc": min(r["attributes"]["balanced_accuracy"].values()),
+                "yaw_mae_deg": mae["yaw"], "smile_mae": mae["smile"]}
+
+
+class MaskAETask(ParserTask):
+    name = "mask_ae"
+
+    def loss(self, model, batch, gen):
+        mask = batch["mask"]
+        if self.opts.augment:
+            inp, tgt = augment_mask_pair(mask, gen)
+        else:
+            inp, tgt = mask, mask
+        logits = model(F.one_hot(inp, NUM_CLASSES).permute(0, 3, 1, 2).float())
+        ce = F.cross_entropy(logits, tgt, weight=torch.from_numpy(self.weights).float())
+        dice = soft_dice_loss(logits, tgt, NUM_CLASSES)
+        return ce + self.dice_weight * dice, {"ce": ce.item(), "dice": dice.item()}
+
+    def validate(self, model, val):
+        from ..eval.perception import eval_mask_ae
+
+        r = eval_mask_ae(model, val, limit=self.opts.val_limit)
+        return {"miou": r["miou"], **{f"miou_{k}": v for k, v in r["perturbed_miou"].items()}}
+
+
+class SketchAETask(Task):
+    name = "sketch_ae"
+
+    def loss(self, model, batch, gen):
+        sk = batch["sketch"]
+        if self.opts.augment:
+            inp, tgt = augment_sketch_pair(sk, gen)
+        else:
+            inp, tgt = sk, sk
+        logits = model(inp)
+        bce = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=torch.tensor(2.0))
+        prob = torch.sigmoid(logits)
+        dice = 1 - (2 * (prob * tgt).sum() + 1) / (prob.sum() + tgt.sum() + 1)
+        return bce + dice, {"bce": bce.item(), "dice": dice.item()}
+
+    def validate(self, model, val):
+        from ..eval.perception import eval_sketch_ae
+
+        r = eval_sketch_ae(model, val, limit=self.opts.val_limit)
+        return {"fscore": r["fscore"], "fscore_rough": r["rough"]["fscore"]}
+
+
+class CoeffAETask(Task):
+    name = "coeff_ae"
+
+    def loss(self, model, batch, gen):
+        c = batch["coeffs"]
+        inp = c
+        if self.opts.augment:
+            inp = c + torch.randn(c.shape, generator=gen) * 0.02
+        rec = model(inp)
+        l1 = F.smooth_l1_loss(rec, c, beta=0.02)
+        return l1, {"l1": l1.item()}
+
+    def validate(self, model, val):
+        from ..eval.perception import eval_coeff_ae
+
+        r = eval_coeff_ae(model, val, limit=self.opts.val_limit)
+        return {"yaw_mae_deg": r["mae"]["yaw"], "mean_mae_shape": float(np.mean([r["mae"][k] for k in list(r["mae"])[3:]]))}
+
+
+TASK_CLASSES = {t.name: t for t in (ParserTask, AnalyzerTask, MaskAETask, SketchAETask, CoeffAETask)}
+
+
+# --------------------------------------------------------------------------- optimizer state <-> tensors
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str = "opt") -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as named tensors plus JSON-able metadata (no pickle)."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{prefix}.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "opt") -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, v in tensors.items():
+        if not name.startswith(prefix + "."):
+            continue
+        idx, k = name[len(prefix) + 1:].split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    for idx, d in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(d)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def lr_factor(progress_frac: float, step: int, warmup: int, schedule: str) -> float:
+    w = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    t = min(max(progress_frac, 0.0), 1.0)
+    if schedule == "cosine":
+        s = 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+    elif schedule == "step":
+        s = 1.0 if t < 0.6 else (0.1 if t < 0.85 else 0.01)
+    else:
+        s = 1.0
+    return w * s
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    d = run_dir / "checkpoints"
+    return sorted(d.glob("step-*.safetensors")) if d.is_dir() else []
+
+
+class PerceptionTrainer:
+    """Model, optimiser, sampler and counters for one task; ``step()`` trains one batch."""
+
+    def __init__(self, opts: PerceptionTrainOptions, data=None):
+        opts.validate()
+        self.opts = opts = opts.resolved()
+        self.data = data if data is not None else open_data(opts.data, limit=opts.limit)
+        if len(self.data) == 0:
+            raise UserError("training data is empty")
+        self.task: Task = TASK_CLASSES[opts.task](opts, self.data)
+        torch.manual_seed(opts.seed)
+        self.model = build_model(opts.task, self.task.model_config())
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.sampler = Sampler(len(self.data), opts.seed)
+        self.step_count = 0
+        self.images_seen = 0
+        self.elapsed = 0.0  # training wall-clock seconds, all sessions
+        self.last_val: dict[str, float] = {}
+
+    # -- state
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        ot, ometa = flatten_optimizer(self.opt)
+        tensors.update(ot)
+        meta = {
+            "kind": TRAIN_KIND_PREFIX + self.opts.task,
+            "options": self.opts.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "optimizer": ometa,
+            "step": self.step_count,
+            "images_seen": self.images_seen,
+            "elapsed_s": self.elapsed,
+            "sampler": {"epoch": self.sampler.epoch, "cursor": self.sampler.cursor, "n": self.sampler.n},
+            "task_state": self.task.extra_state(),
+            "last_val": self.last_val,
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        msd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(msd)
+        except RuntimeError as e:
+            raise UserError(f"checkpoint does not fit the model: {str(e).splitlines()[0]}") from None
+        unflatten_optimizer(self.opt, tensors, meta["optimizer"])
+        self.step_count = int(meta["step"])
+        self.images_seen = int(meta["images_seen"])
+        self.elapsed = float(meta["elapsed_s"])
+        s = meta["sampler"]
+        if int(s["n"]) != self.sampler.n:
+            raise UserError(f"the checkpoint was trained on {s['n']} samples but the data has {self.sampler.n}")
+        self.sampler.epoch, self.sampler.cursor = int(s["epoch"]), int(s["cursor"])
+        self.task.load_extra_state(meta.get("task_state", {}))
+        self.last_val = meta.get("last_val", {})
+
+    # -- training
+    def progress_fraction(self) -> float:
+        o = self.opts
+        fr = []
+        if o.steps:
+            fr.append(self.step_count / o.steps)
+        if o.minutes:
+            fr.append(self.elapsed / (o.minutes * 60))
+        return max(fr) if fr else 0.0
+
+    def done(self) -> bool:
+        o = self.opts
+        return bool((o.steps and self.step_count >= o.steps) or (o.minutes and self.elapsed >= o.minutes * 60))
+
+    def step(self) -> dict[str, float]:
+        o = self.opts
+        # with a step budget the schedule depends on the step alone (exact resume)
+        frac = self.step_count / o.steps if o.steps else self.progress_fraction()
+        lr = o.lr * lr_factor(frac, self.step_count, o.warmup, o.schedule)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        idx = self.sampler.take(o.batch)
+        batch = self.data.batch(idx)
+        gen = torch.Generator().manual_seed((o.seed * 1_000_003 + self.step_count) % (2**63))
+        self.model.train()
+        loss, logs = self.task.loss(self.model, batch, gen)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite loss at step {self.step_count}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step_count += 1
+        self.images_seen += len(idx)
+        return {"loss": loss.item(), "lr": lr, **logs}
+
+    def validate(self, val) -> dict[str, float]:
+        self.last_val = {k: float(v) for k, v in self.task.validate(self.model, val).items()}
+        return self.last_val
+
+    def export(self, path: str | os.PathLike) -> Path:
+        extra = {"trained": {"task": self.opts.task, "data": str(self.opts.data), "steps": self.step_count,
+                             "images_seen": self.images_seen, "minutes": round(self.elapsed / 60, 2)},
+                 "val": self.last_val}
+        return save_module(self.model, path, half=True, extra=extra)
+
+
+def write_checkpoint(tr: PerceptionTrainer, run_dir: Path, keep: int = 2) -> Path:
+    tensors, meta = tr.state()
+    stem = run_dir / "checkpoints" / f"step-{tr.step_count:08d}"
+    save_checkpoint(stem, tensors, meta)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        for suf in (".safetensors", ".json"):
+            try:
+                old.with_suffix(suf).unlink()
+            except OSError:
+                pass
+    return stem.with_suffix(".safetensors")
+
+
+def latest_checkpoint(run_dir: Path, task: str | None = None) -> tuple[Path, dict, dict] | None:
+    """Newest readable checkpoint (a corrupt newest one falls back to the one before)."""
+    for p in reversed(list_checkpoints(run_dir)):
+        try:
+            tensors, meta = load_checkpoint(p)
+        except UserError as e:
+            print(f"warning: skipping unreadable checkpoint: {e}", flush=True)
+            continue
+        kind = meta.get("kind", "")
+        if not kind.startswith(TRAIN_KIND_PREFIX):
+            raise UserError(f"{p} is not a perception training checkpoint (kind {kind!r})")
+        if task is not None and kind != TRAIN_KIND_PREFIX + task:
+            raise UserError(f"run directory {run_dir} holds a {kind[len(TRAIN_KIND_PREFIX):]!r} run, not {task!r}")
+        return p, tensors, meta
+    return None
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _install_sigterm():
+    """SIGTERM (e.g. ``kill PID`` of a background run) checkpoints like Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _restore_sigterm(old) -> None:
+    import signal
+    import threading
+
+    if old is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, old)
+
+
+def _log(run_dir: Path, rec: dict) -> None:
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+#: options that a resumed run may change (when given); the rest come from the checkpoint
+RESUMABLE_OVERRIDES = ("data", "steps", "minutes", "export", "threads", "val")
+RESUMABLE_SETTINGS = ("ckpt_minutes", "val_limit", "log_every")
+
+
+def train_perception(opts: PerceptionTrainOptions, resume: bool = False, data=None, quiet: bool = False) -> PerceptionTrainer:
+    """Train (or resume) one perception model; returns the trainer at the end.
+
+    With ``resume`` the run's stored options are used, except ``data`` (same
+    samples, perhaps moved; checked by count), ``steps``,
+    ``minutes``, ``export``, ``threads`` and ``val`` where given, and the
+    checkpoint/log intervals; without a checkpoint it starts fresh.
+    """
+    opts.validate(require_budget=not resume)
+    run_dir = check_writable_dir(opts.out)
+    found = latest_checkpoint(run_dir, opts.task)
+    if found and not resume:
+        raise UserError(f"{run_dir} already holds a {opts.task} run; pass --resume to continue it or choose another --out")
+    if found:
+        path, tensors, meta = found
+        stored = PerceptionTrainOptions.from_dict(meta["options"])
+        new = {k: getattr(opts, k) for k in RESUMABLE_OVERRIDES if getattr(opts, k) is not None}
+        new.update({k: getattr(opts, k) for k in RESUMABLE_SETTINGS})
+        opts = dataclasses.replace(stored, **new)
+    opts.validate()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.export:
+        check_output_file(opts.export)
+        if Path(opts.export).suffix not in ("", ".safetensors"):
+            raise UserError(f"--export must be a .safetensors path, got {opts.export}")
+    tr = PerceptionTrainer(opts, data)
+    if found:
+        tr.load_state(tensors, meta)
+        if not quiet:
+            print(f"resumed {opts.task} from {path.name} (step {tr.step_count}, {tr.elapsed / 60:.1f} min)", flush=True)
+    else:
+        (run_dir / "options.json").write_text(json.dumps(tr.opts.to_dict(), indent=2) + "\n")
+    val = open_data(opts.val) if opts.val else None
+    total = tr.opts.steps
+    bar = progress(total=total, initial=tr.step_count if total else 0, desc=f"train {opts.task}", unit="step", disable=True if quiet else None)
+    last_ckpt = time.monotonic()
+    t_rate, n_rate = time.monotonic(), 0
+    loss_ema = None
+    old_term = _install_sigterm()
+    try:
+        while not tr.done():
+            t0 = time.monotonic()
+            logs = tr.step()
+            tr.elapsed += time.monotonic() - t0
+            n_rate += tr.opts.batch
+            loss_ema = logs["loss"] if loss_ema is None else 0.95 * loss_ema + 0.05 * logs["loss"]
+            bar.update(1)
+            if tr.step_count % tr.opts.log_every == 0 or tr.step_count == 1:
+                now = time.monotonic()
+                ips = n_rate / max(now - t_rate, 1e-9)
+                t_rate, n_rate = now, 0
+                post = {"loss": f"{loss_ema:.4f}", "img/s": f"{ips:.1f}"}
+                if tr.opts.minutes:
+                    post["min"] = f"{tr.elapsed / 60:.1f}/{tr.opts.minutes:g}"
+                bar.set_postfix(post, refresh=False)
+                _log(run_dir, {"step": tr.step_count, "elapsed_s": round(tr.elapsed, 2), "img_per_s": round(ips, 2),
+                               "loss_ema": loss_ema, **logs})
+            if time.monotonic() - last_ckpt >= tr.opts.ckpt_minutes * 60:
+                t0 = time.monotonic()
+                if val is not None:
+                    _log(run_dir, {"step": tr.step_count, "val": tr.validate(val)})
+                write_checkpoint(tr, run_dir)
+                tr.elapsed += time.monotonic() - t0
+                last_ckpt = time.monotonic()
+    except KeyboardInterrupt:
+        bar.close()
+        write_checkpoint(tr, run_dir)
+        if not quiet:
+            print(f"interrupted at step {tr.step_count}; checkpoint written, continue with --resume", flush=True)
+        raise
+    finally:
+        _restore_sigterm(old_term)
+    bar.close()
+    if val is not None:
+        v = tr.validate(val)
+        _log(run_dir, {"step": tr.step_count, "val": v})
+        if not quiet:
+            print("validation: " + ", ".join(f"{k} {x:.4f}" for k, x in v.items()), flush=True)
+    write_checkpoint(tr, run_dir)
+    export = Path(tr.opts.export) if tr.opts.export else run_dir / f"{opts.task}.safetensors"
+    tr.export(export)
+    if not quiet:
+        print(f"{opts.task}: {tr.step_count} steps, {tr.images_seen} images, {tr.elapsed / 60:.1f} min; "
+              f"weights -> {export}", flush=True)
+    return tr

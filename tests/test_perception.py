@@ -100,6 +100,8 @@ def test_parser_shapes_and_gradients():
     assert m.predict(x.detach()).shape == (2, 32, 32)
     with pytest.raises(ValueError):
         m(torch.zeros(1, 3, 30, 30))
+    full = FaceParser(ParserConfig(base=4, depth=2, max_width=8, full_res=True))
+    assert full(torch.zeros(1, 3, 16, 16)).shape == (1, NUM_CLASSES, 16, 16)
 
 
 def test_analyzer_shapes_and_gradients():
@@ -535,3 +537,34 @@ def test_sketch_from_image_polarity_and_resize():
     s2 = sketch_from_image(np.repeat((255 - a)[..., None], 3, 2), 32)  # white on black, RGB
     assert s1.shape == (1, 32, 32) and torch.equal(s1, s2)
     assert s1[0, 15].sum() >= 20 and s1.mean() < 0.1
+
+
+def test_legacy_configs_keep_their_architecture():
+    from mm2latent.models.autoencoders import SpatialAEConfig
+
+    # files written before ``full_res``/``latent`` existed load as what they were built as
+    assert ParserConfig.from_dict({"base": 4, "depth": 2}, legacy=True).full_res is True
+    assert ParserConfig.from_dict({"full_res": False}, legacy=True).full_res is False
+    # new models (overrides only) take the current defaults
+    assert ParserConfig().full_res is False and ParserConfig.from_dict({"base": 4}).full_res is False
+    legacy = MaskAEConfig.from_dict({"size": 32, "base": 4, "max_width": 8, "latent_dim": 16, "bottom": 4}, legacy=True)
+    assert legacy.full_res is True and legacy.latent == "dense"
+    assert SpatialAEConfig().latent == "spatial" and SpatialAEConfig().full_res is False
+    # a shipped file whose JSON predates ``full_res`` loads as the full-resolution net it is
+    from mm2latent.perception import build_model, load_module_file, save_module
+
+    old = build_model("parser", {"base": 4, "depth": 2, "max_width": 8, "full_res": True, "size": 16})
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        save_module(old, Path(d) / "parser.safetensors", half=False)
+        js = Path(d) / "parser.json"
+        cfg = json.loads(js.read_text())
+        del cfg["config"]["full_res"]
+        js.write_text(json.dumps(cfg))
+        m = load_module_file(Path(d) / "parser.safetensors", "parser")
+    assert m.config.full_res is True
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(m(x), old.eval()(x))
+    with pytest.raises(UserError, match="unknown"):
+        ParserConfig.from_dict({"nope": 1})

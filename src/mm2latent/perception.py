@@ -54,10 +54,12 @@ def model_classes(kind: str):
     return table[kind]
 
 
-def build_model(kind: str, config: dict | None = None) -> torch.nn.Module:
+def build_model(kind: str, config: dict | None = None, stored: bool = False) -> torch.nn.Module:
+    """A fresh model; ``config`` overrides the defaults. ``stored``: the config
+    was read from a file, so options it predates take their legacy values."""
     cls, cfg_cls = model_classes(kind)
     try:
-        cfg = cfg_cls.from_dict(config or {})
+        cfg = cfg_cls.from_dict(config or {}, legacy=stored)
         return cls(cfg)
     except (TypeError, ValueError) as e:
         raise UserError(f"invalid {kind} config: {e}") from None
@@ -82,7 +84,7 @@ def save_module(module: torch.nn.Module, path: str | os.PathLike, half: bool = T
 def load_module_file(path: str | os.PathLike, kind: str) -> torch.nn.Module:
     """Load one shipped model file of the given kind (eval mode, float32)."""
     tensors, cfg = load_checkpoint(path, expect_kind=kind)
-    model = build_model(kind, cfg.get("config") or {})
+    model = build_model(kind, cfg.get("config") or {}, stored=True)
     state = model.state_dict()
     missing = [k for k in state if k not in tensors and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in tensors if k not in state]

@@ -58,8 +58,8 @@ class AnalyzerConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "AnalyzerConfig":
-        return config_from_dict(cls, d)
+    def from_dict(cls, d: dict, legacy: bool = False) -> "AnalyzerConfig":
+        return config_from_dict(cls, d, legacy)
 
 
 class ResStage(nn.Module):

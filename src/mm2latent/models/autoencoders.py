@@ -66,6 +66,10 @@ class SpatialAEConfig:
     bottom: int = 8  # spatial size of the last conv level
     heads: int = 3  # decoder levels that feed the output
     latent: str = "spatial"  # "spatial": the code is a (D / bottom^2, bottom, bottom) map, flattened; "dense": a linear layer
+    full_res: bool = False  # convs at full resolution; False: 2x2 space-to-depth stem and pixel-shuffle output
+
+    #: files written before these options existed were built this way
+    LEGACY_DEFAULTS = {"full_res": True, "latent": "dense"}
 
     def levels(self) -> int:
         n = int(round(math.log2(self.size / self.bottom)))
@@ -80,8 +84,8 @@ class SpatialAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict):
-        return config_from_dict(cls, d)
+    def from_dict(cls, d: dict, legacy: bool = False):
+        return config_from_dict(cls, d, legacy)
 
 
 @dataclass
@@ -104,8 +108,16 @@ class SpatialAE(nn.Module):
         self.config = cfg = config
         w = cfg.widths()
         n = cfg.levels()
-        enc = [conv_bn_relu(cfg.in_channels, w[0])]
-        for i in range(n):
+        # first level: full-resolution convs, or a lossless 2x2 stride-2 conv
+        # straight to level 1 (cheaper, and no thin full-resolution layer
+        # squeezing 19 classes into a few channels)
+        self.first = 0 if cfg.full_res else 1
+        if cfg.full_res:
+            enc = [conv_bn_relu(cfg.in_channels, w[0])]
+        else:
+            enc = [nn.Conv2d(cfg.in_channels, w[1], 2, 2, bias=False), nn.BatchNorm2d(w[1]), nn.ReLU(inplace=True),
+                   conv_bn_relu(w[1], w[1])]
+        for i in range(self.first, n):
             enc += [conv_bn_relu(w[i], w[i + 1], stride=2), conv_bn_relu(w[i + 1], w[i + 1])]
         self.enc = nn.Sequential(*enc)
         if cfg.latent == "dense":
@@ -122,12 +134,16 @@ class SpatialAE(nn.Module):
             raise ValueError(f"latent must be 'dense' or 'spatial', got {cfg.latent!r}")
         self.dec = nn.ModuleList(
             nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_bn_relu(w[i + 1], w[i]), conv_bn_relu(w[i], w[i]))
-            for i in reversed(range(n))
+            for i in reversed(range(self.first, n))
         )
         # output = sum of 1x1 heads on the finest ``heads`` levels (coarser
-        # ones upsampled): wide coarse levels carry which class, the thin
-        # full-resolution level where exactly the boundary is
-        self.heads = nn.ModuleList(nn.Conv2d(w[i], cfg.out_channels, 1) for i in range(min(cfg.heads, n + 1)))
+        # ones upsampled): wide coarse levels carry which class, the finest
+        # level where exactly the boundary is; without full-resolution convs
+        # the finest head predicts each 2x2 block (pixel shuffle)
+        nh = max(1, min(cfg.heads, n + 1 - self.first))
+        self.heads = nn.ModuleList(
+            nn.Conv2d(w[self.first + j], cfg.out_channels * (4 if (j == 0 and self.first) else 1), 1) for j in range(nh)
+        )
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -152,7 +168,13 @@ class SpatialAE(nn.Module):
         for j, stage in enumerate(self.dec):
             h = stage(h)
             levels[n - 1 - j] = h
-        return sum_heads(self.heads, levels)
+        if not self.first:
+            return sum_heads(self.heads, levels)
+        fine = F.pixel_shuffle(self.heads[0](levels[0]), 2)
+        if len(self.heads) == 1:
+            return fine
+        coarse = sum_heads(self.heads[1:], {i - 1: levels[i] for i in range(1, len(self.heads))})
+        return fine + F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
@@ -225,8 +247,8 @@ class CoeffAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CoeffAEConfig":
-        return config_from_dict(cls, d)
+    def from_dict(cls, d: dict, legacy: bool = False) -> "CoeffAEConfig":
+        return config_from_dict(cls, d, legacy)
 
 
 class CoeffAE(nn.Module):

@@ -506,7 +506,8 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 class PerceptionTrainer:
     """Model, optimiser, sampler and counters for one task; ``step()`` trains one batch."""
 
-    def __init__(self, opts: PerceptionTrainOptions, data=None):
+    def __init__(self, opts: PerceptionTrainOptions, data=None, model_config: dict | None = None):
+        """``model_config``: a full stored config (resuming); else defaults + ``opts.model``."""
         opts.validate()
         self.opts = opts = opts.resolved()
         self.data = data if data is not None else open_data(opts.data, limit=opts.limit)
@@ -514,7 +515,10 @@ class PerceptionTrainer:
             raise UserError("training data is empty")
         self.task: Task = TASK_CLASSES[opts.task](opts, self.data)
         torch.manual_seed(opts.seed)
-        self.model = build_model(opts.task, self.task.model_config())
+        if model_config is not None:
+            self.model = build_model(opts.task, model_config, stored=True)
+        else:
+            self.model = build_model(opts.task, self.task.model_config())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.sampler = Sampler(len(self.data), opts.seed)
         self.step_count = 0
@@ -692,7 +696,9 @@ def train_perception(opts: PerceptionTrainOptions, resume: bool = False, data=No
         check_output_file(opts.export)
         if Path(opts.export).suffix not in ("", ".safetensors"):
             raise UserError(f"--export must be a .safetensors path, got {opts.export}")
-    tr = PerceptionTrainer(opts, data)
+    # a resumed run rebuilds exactly the architecture it was started with,
+    # even if the code's defaults have changed since
+    tr = PerceptionTrainer(opts, data, model_config=meta.get("model_config") if found else None)
     if found:
         tr.load_state(tensors, meta)
         if not quiet:

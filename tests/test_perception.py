@@ -568,3 +568,22 @@ def test_legacy_configs_keep_their_architecture():
     assert torch.equal(m(x), old.eval()(x))
     with pytest.raises(UserError, match="unknown"):
         ParserConfig.from_dict({"nope": 1})
+
+
+def test_analyzer_part_statistics_option():
+    from mm2latent.models.analyzer import part_statistics
+
+    m = FaceAnalyzer(AnalyzerConfig(stem=4, widths=(8, 8), hidden=16, size=32, aux_res=2, part_stats=True))
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    a, c, seg = m.forward_train(x)
+    assert a.shape == (2, 37) and seg.shape == (2, NUM_CLASSES, 16, 16)
+    a.sum().backward()
+    assert x.grad.abs().sum() > 0
+    # a class filling the left half: area 1/2, centroid x < 0, y = 0
+    logits = torch.full((1, 3, 4, 4), -20.0)
+    logits[0, 1, :, :2] = 20.0
+    logits[0, 0, :, 2:] = 20.0
+    st = part_statistics(logits)
+    assert st.shape == (1, 15)
+    assert st[0, 1].exp().item() == pytest.approx(0.5 + 1e-4, rel=1e-3)
+    assert st[0, 3 + 1].item() < 0 and abs(st[0, 6 + 1].item()) < 1e-5

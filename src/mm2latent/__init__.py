@@ -5,3 +5,11 @@ exact ground truth; models live in :mod:`mm2latent.models`.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):  # lazy: ``from mm2latent import Pipeline`` without importing torch at package import
+    if name == "Pipeline":
+        from .pipeline import Pipeline
+
+        return Pipeline
+    raise AttributeError(f"module 'mm2latent' has no attribute {name!r}")

@@ -40,7 +40,7 @@ def default_weights_dir() -> Path:
 
 def model_classes(kind: str):
     """(module class, config class) for a model kind."""
-    from .models import analyzer, autoencoders, parser
+    from .models import analyzer, autoencoders, inversion, mapping, parser
 
     table = {
         "parser": (parser.FaceParser, parser.ParserConfig),
@@ -48,6 +48,8 @@ def model_classes(kind: str):
         "mask_ae": (autoencoders.MaskAE, autoencoders.MaskAEConfig),
         "sketch_ae": (autoencoders.SketchAE, autoencoders.SketchAEConfig),
         "coeff_ae": (autoencoders.CoeffAE, autoencoders.CoeffAEConfig),
+        "image_encoder": (inversion.ImageEncoder, inversion.ImageEncoderConfig),
+        "mapping_net": (mapping.MappingNet, mapping.MappingNetConfig),
     }
     if kind not in table:
         raise UserError(f"unknown perception model kind {kind!r}; known: {', '.join(table)}")

@@ -27,8 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .encoder import add_train_clip
     from .perception import register_train_subcommands
 
+    from .mapping import add_train_subcommands
+
     add_train_clip(models)
     register_train_subcommands(models)
+    add_train_subcommands(models)
     s = models.add_parser(
         "stylegan2",
         help="train a StyleGAN2 generator",

@@ -1,0 +1,120 @@
+"""CLI for the world generator (autoencoding StyleGAN2), MappingNet data and training."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..common.errors import UserError
+from .argtypes import positive_float, positive_int
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected i/n (e.g. 0/2), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"need 0 <= i < n, got {text}")
+    return i, n
+
+
+def add_train_subcommands(models) -> None:
+    g = models.add_parser(
+        "generator-ae", help="train the world generator as an autoencoding StyleGAN2 (VAE-GAN; CPU-sized)",
+        description="StyleGAN2 generator trained as the decoder of a VAE-GAN with the StyleGAN2 discriminator "
+        "and a parser segmentation loss (see mm2latent.train.generator_ae). Exports RUN_DIR/generator.safetensors "
+        "(EMA) and RUN_DIR/image_encoder.safetensors at every checkpoint; --resume continues exactly.")
+    g.add_argument("--data", required=True, metavar="CACHE_DIR", help="world cache (mm2latent world cache)")
+    g.add_argument("--out", required=True, metavar="RUN_DIR")
+    g.add_argument("--minutes", type=positive_float, default=None, help="budget, counted across resumes")
+    g.add_argument("--steps", type=positive_int, default=None)
+    g.add_argument("--batch", type=positive_int, default=16)
+    g.add_argument("--lr", type=positive_float, default=0.002)
+    g.add_argument("--kl-weight", type=float, default=2.5e-4)
+    g.add_argument("--seg-weight", type=float, default=0.1)
+    g.add_argument("--adv-weight", type=float, default=0.05)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=positive_int, default=None)
+    g.add_argument("--resume", action="store_true")
+    g.set_defaults(func=_train_generator_ae)
+
+    m = models.add_parser(
+        "mapping", help="train MappingNet on data from 'mm2latent mapping-data'",
+        description="MappingNet: [pseudo-text ; mask ; sketch ; coeff embeddings] -> w with L1 + cosine loss, "
+        "pseudo text = normalise(image embedding + noise), random modality dropout.")
+    m.add_argument("--data", required=True, metavar="DATA_DIR")
+    m.add_argument("--out", required=True, metavar="RUN_DIR")
+    m.add_argument("--steps", type=positive_int, default=4000)
+    m.add_argument("--minutes", type=positive_float, default=None)
+    m.add_argument("--batch", type=positive_int, default=256)
+    m.add_argument("--lr", type=positive_float, default=1e-3)
+    m.add_argument("--text-noise", type=float, default=0.04, help="std of the noise on image embeddings")
+    m.add_argument("--drop-prob", type=float, default=0.3, help="per-modality dropout probability")
+    m.add_argument("--modalities", default="text,mask,sketch,coeffs")
+    m.add_argument("--wplus", action="store_true", help="predict W+ (one w per generator layer)")
+    m.add_argument("--layers", type=positive_int, default=8)
+    m.add_argument("--hidden", type=positive_int, default=512)
+    m.add_argument("--seg-weight", type=float, default=0.0, help="parser cross-entropy of G(w) vs the mask")
+    m.add_argument("--weights", default=None, help="weights directory for --seg-weight/--wplus (default shipped)")
+    m.add_argument("--export", default=None, help="where to write mapping_net.safetensors")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=positive_int, default=None)
+    m.add_argument("--resume", action="store_true")
+    m.set_defaults(func=_train_mapping)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mapping-data", help="sample the generator and derive MappingNet's training data",
+                       description="Sample w from the generator, synthesise, and store w with the parser mask, "
+                       "sketch, coefficients, image embedding and control embeddings (format: "
+                       "mm2latent.train.mapping_data). Resumable; shard with --shard i/n across processes.")
+    p.add_argument("--out", required=True, metavar="DATA_DIR")
+    p.add_argument("--num", type=positive_int, default=20000)
+    p.add_argument("--weights", default=None, help="weights directory (default: shipped)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncation", type=float, default=1.0)
+    p.add_argument("--chunk", type=positive_int, default=256)
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.set_defaults(func=_mapping_data)
+
+
+def _threads(n):
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _mapping_data(a) -> int:
+    from ..train.mapping_data import generate_mapping_data
+
+    _threads(a.threads)
+    if not 0 <= a.truncation <= 2:
+        raise UserError("--truncation must lie in [0, 2]")
+    out = generate_mapping_data(a.out, a.num, a.weights, a.seed, a.truncation, a.chunk, a.shard)
+    print(f"mapping data (shard {a.shard[0]}/{a.shard[1]}) in {out}")
+    return 0
+
+
+def _train_generator_ae(a) -> int:
+    from ..train.generator_ae import GeneratorAEOptions, train_generator_ae
+
+    if a.minutes is None and a.steps is None:
+        raise UserError("give a budget: --steps N and/or --minutes M")
+    train_generator_ae(GeneratorAEOptions(out=a.out, data=a.data, minutes=a.minutes, steps=a.steps, batch=a.batch,
+                                          lr=a.lr, kl_weight=a.kl_weight, seg_weight=a.seg_weight,
+                                          adv_weight=a.adv_weight, seed=a.seed, threads=a.threads, resume=a.resume))
+    return 0
+
+
+def _train_mapping(a) -> int:
+    from ..train.mapping import MappingTrainOptions, train_mapping
+
+    mods = [m.strip() for m in a.modalities.split(",") if m.strip()]
+    opts = MappingTrainOptions(data=a.data, out=a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, lr=a.lr,
+                               text_noise_std=a.text_noise, drop_prob=a.drop_prob, modalities=mods, wplus=a.wplus,
+                               layers=a.layers, hidden=a.hidden, seg_weight=a.seg_weight, weights=a.weights,
+                               seed=a.seed, threads=a.threads, resume=a.resume)
+    train_mapping(opts, export_to=a.export)
+    return 0

@@ -1,0 +1,338 @@
+"""The generation pipeline: text + mask + sketch + coefficients -> w -> face, in one pass.
+
+A weights directory (default: the package's shipped ``mm2latent/weights``)
+holds one safetensors + JSON pair per model:
+
+    generator      StyleGAN2 generator (kind stylegan2-generator)
+    encoder        FaRL/CLIP-style text + image encoder (kind clip)
+    parser, analyzer, mask_ae, sketch_ae, coeff_ae   perception stack
+    mapping_net    MappingNet (kind mapping_net)
+    image_encoder  image -> latent inverter (optional; needed for editing)
+
+``generate`` embeds what it is given (absent modalities take MappingNet's
+learned "absent" embedding), maps to w, optionally truncates towards the
+generator's mean w and synthesises.
+
+What the seed varies: the given text embedding is perturbed with the same
+Gaussian noise MappingNet was trained with (its measured image-text gap,
+``mapping_net.json: text_noise_std``), so different seeds give different
+faces that the same caption describes equally well; the seed also draws the
+synthesis network's per-layer noise (fine texture). With ``variation > 0``
+the finest ``variation_layers`` style layers are additionally mixed towards a
+random w drawn from the seed. Same inputs + same seed -> the same image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..common.errors import UserError
+from .controls import ControlEncoders
+
+COMPONENT_FILES = {
+    "generator": "generator.safetensors",
+    "encoder": "encoder.safetensors",
+    "parser": "parser.safetensors",
+    "analyzer": "analyzer.safetensors",
+    "mask_ae": "mask_ae.safetensors",
+    "sketch_ae": "sketch_ae.safetensors",
+    "coeff_ae": "coeff_ae.safetensors",
+    "mapping_net": "mapping_net.safetensors",
+    "image_encoder": "image_encoder.safetensors",
+}
+CONTROL_PARTS = ("encoder", "parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
+
+
+def default_weights_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "weights"
+
+
+def _file(d: Path, name: str) -> Path:
+    f = d / COMPONENT_FILES[name]
+    if not f.exists():
+        raise UserError(f"no {name} weights in {d} (expected {f.name} and {f.with_suffix('.json').name})")
+    return f
+
+
+def load_components(weights: str | os.PathLike | None = None,
+                    need: Sequence[str] = ("generator", "controls", "mapping_net")) -> dict[str, Any]:
+    """Load models from a weights directory. ``need`` names components;
+    ``"controls"`` means the encoder and the perception stack as a :class:`ControlEncoders`."""
+    from ..models.clip import load_clip
+    from ..models.stylegan2 import load_generator
+    from ..perception import load_module_file
+
+    d = Path(weights) if weights is not None else default_weights_dir()
+    if not d.is_dir():
+        raise UserError(f"weights directory {d} does not exist" if not d.exists() else f"{d} is not a directory")
+    out: dict[str, Any] = {}
+    for name in need:
+        if name == "controls":
+            parts = {p: (load_clip(_file(d, p)) if p == "encoder" else load_module_file(_file(d, p), p))
+                     for p in CONTROL_PARTS}
+            out["controls"] = ControlEncoders(**parts)
+        elif name == "generator":
+            f = _file(d, "generator")
+            out["generator"] = load_generator(f)
+            out["generator_info"] = json.loads(f.with_suffix(".json").read_text()).get("training", {})
+        elif name in ("mapping_net", "image_encoder"):
+            f = _file(d, name)
+            out[name] = load_module_file(f, name)
+            out[name + "_info"] = json.loads(f.with_suffix(".json").read_text())
+        else:
+            raise ValueError(f"unknown component {name!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------- user inputs
+
+
+def prepare_mask(mask: Any, size: int) -> torch.Tensor:
+    """Path / PIL image / (H, W) index array / (H, W, 3) colour array -> (1, size, size) long."""
+    from PIL import Image
+
+    from ..common.palette import NUM_CLASSES, color_to_index, load_mask, resize_mask
+
+    if isinstance(mask, (str, os.PathLike)):
+        arr = load_mask(mask)
+    else:
+        a = np.asarray(mask.convert("RGB") if isinstance(mask, Image.Image) and mask.mode not in ("L", "P") else mask)
+        if a.ndim == 3 and a.shape[2] >= 3:
+            arr = color_to_index(a[..., :3].astype(np.uint8))
+        elif a.ndim == 2:
+            if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= NUM_CLASSES:
+                raise UserError(f"a mask array must hold class indices 0..{NUM_CLASSES - 1}")
+            arr = a.astype(np.uint8)
+        else:
+            raise UserError(f"a mask must be (H, W) indices or (H, W, 3) colours, got shape {a.shape}")
+    if min(arr.shape) < 8:
+        raise UserError(f"mask is too small ({arr.shape[1]}x{arr.shape[0]}); give at least 8x8")
+    if arr.shape != (size, size):
+        arr = resize_mask(arr, size)
+    return torch.from_numpy(arr.astype(np.int64))[None]
+
+
+def prepare_sketch(sketch: Any, size: int) -> torch.Tensor:
+    """Path / PIL image / array (either polarity) -> (1, 1, size, size), 1 = line."""
+    from PIL import Image
+
+    from ..common.imageio import load_image
+    from ..perception import sketch_from_image
+
+    if isinstance(sketch, (str, os.PathLike)):
+        a = load_image(sketch)
+    elif isinstance(sketch, Image.Image):
+        a = np.asarray(sketch.convert("RGB"))
+    else:
+        a = np.asarray(sketch)
+        if a.dtype != np.uint8:
+            a = (np.clip(a, 0, 1) * 255).astype(np.uint8) if a.max() <= 1 else np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim not in (2, 3) or min(a.shape[:2]) < 8:
+        raise UserError("a sketch must be an image of at least 8x8 pixels")
+    s = sketch_from_image(a, size)
+    if float(s.mean()) > 0.5:
+        raise UserError("the sketch is mostly lines; give thin lines on a plain background")
+    return s[None]
+
+
+def prepare_coeffs(coeffs: Any) -> torch.Tensor:
+    """Dict name -> raw value (degrees for yaw/pitch/roll, [0, 1] otherwise), JSON path, or a
+    13-vector -> (1, 13) normalised. Missing names take the neutral value (0 degrees / 0.5);
+    out-of-range values are clipped to the world's range; NaN/inf and unknown names are errors."""
+    from ..world.dataset import normalise_coeffs
+    from ..world.params import COEFF_NAMES, COEFF_RANGES
+
+    if isinstance(coeffs, (str, os.PathLike)):
+        p = Path(coeffs)
+        if not p.is_file():
+            raise UserError(f"coefficient file {p} does not exist")
+        try:
+            coeffs = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"coefficient file {p} is not valid JSON ({e})") from None
+    if isinstance(coeffs, dict):
+        unknown = [k for k in coeffs if k not in COEFF_RANGES]
+        if unknown:
+            raise UserError(f"unknown coefficient {unknown[0]!r}; known: {', '.join(COEFF_NAMES)}")
+        raw = []
+        for k in COEFF_NAMES:
+            lo, hi = COEFF_RANGES[k]
+            v = coeffs.get(k, 0.0 if lo < 0 else 0.5)
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise UserError(f"coefficient {k} must be a number, got {v!r}") from None
+            raw.append(v)
+    else:
+        try:
+            raw = [float(v) for v in np.asarray(coeffs, dtype=np.float64).reshape(-1)]
+        except (TypeError, ValueError):
+            raise UserError("coefficients must be a dict of name -> number or a list of 13 numbers") from None
+        if len(raw) != len(COEFF_NAMES):
+            raise UserError(f"expected {len(COEFF_NAMES)} coefficients ({', '.join(COEFF_NAMES)}), got {len(raw)}")
+    a = np.asarray(raw, np.float64)
+    if not np.isfinite(a).all():
+        bad = COEFF_NAMES[int(np.argmin(np.isfinite(a)))]
+        raise UserError(f"coefficient {bad} must be a finite number")
+    lo = np.array([COEFF_RANGES[k][0] for k in COEFF_NAMES])
+    hi = np.array([COEFF_RANGES[k][1] for k in COEFF_NAMES])
+    a = np.clip(a, lo, hi)
+    return torch.from_numpy(normalise_coeffs(a.astype(np.float32)))[None].float()
+
+
+def check_text(text: Any) -> str:
+    if not isinstance(text, str):
+        raise UserError("text must be a string")
+    t = " ".join(text.split())
+    if not t:
+        raise UserError("the text is empty; describe the face (e.g. 'a smiling woman with blond hair') or leave it out")
+    return t
+
+
+# ---------------------------------------------------------------------------- pipeline
+
+
+class Pipeline:
+    """Multimodal face generation with MappingNet (see module docstring)."""
+
+    def __init__(self, generator, controls: ControlEncoders, mapping_net, image_encoder=None,
+                 text_noise_std: float = 0.0, info: dict | None = None):
+        self.G = generator.eval().requires_grad_(False)
+        self.controls = controls
+        self.mapping = mapping_net.eval().requires_grad_(False)
+        self.image_encoder = image_encoder.eval().requires_grad_(False) if image_encoder is not None else None
+        self.text_noise_std = float(text_noise_std)
+        self.info = info or {}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None) -> "Pipeline":
+        comp = load_components(path)
+        d = Path(path) if path is not None else default_weights_dir()
+        enc = None
+        if (d / COMPONENT_FILES["image_encoder"]).exists():
+            enc = load_components(d, need=("image_encoder",))["image_encoder"]
+        minfo = comp["mapping_net_info"]
+        pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], enc,
+                   text_noise_std=float(minfo.get("text_noise_std", 0.0)), info={"weights": str(d)})
+        if pipe.mapping.config.w_dim != pipe.G.w_dim:
+            raise UserError(f"mapping_net in {d} outputs {pipe.mapping.config.w_dim}-d w but the generator takes "
+                            f"{pipe.G.w_dim}-d w: they were not trained together")
+        return pipe
+
+    @property
+    def resolution(self) -> int:
+        return self.G.resolution
+
+    # -- embeddings ---------------------------------------------------------
+    def embed(self, text=None, mask=None, sketch=None, coeffs=None) -> dict[str, torch.Tensor | None]:
+        """Embeddings (1, D) of the given controls; None for the ones left out."""
+        c = self.controls
+        emb: dict[str, torch.Tensor | None] = {m: None for m in self.mapping.modalities}
+        given = {"text": text, "mask": mask, "sketch": sketch, "coeffs": coeffs}
+        for m, v in given.items():
+            if v is not None and m not in emb:
+                raise UserError(f"this MappingNet was trained without the {m} modality")
+        if text is not None:
+            emb["text"] = c.embed_text([check_text(text)])
+        if mask is not None:
+            emb["mask"] = c.embed_mask(prepare_mask(mask, c.mask_size))
+        if sketch is not None:
+            emb["sketch"] = c.embed_sketch(prepare_sketch(sketch, c.sketch_size))
+        if coeffs is not None:
+            emb["coeffs"] = c.embed_coeffs(prepare_coeffs(coeffs))
+        if all(v is None for v in emb.values()):
+            raise UserError("give at least one of text, mask, sketch or coeffs")
+        return emb
+
+    # -- mapping + synthesis --------------------------------------------------
+    @torch.no_grad()
+    def latents(self, embeddings: dict[str, torch.Tensor | None], seeds: Sequence[int], truncation: float = 1.0,
+                variation: float = 0.0, variation_layers: int = 4) -> torch.Tensor:
+        """w+ (B, num_ws, w_dim) for each seed; embeddings have batch 1 or len(seeds)."""
+        b = len(seeds)
+        gens = [torch.Generator().manual_seed(int(s) & 0x7FFFFFFFFFFFFFFF) for s in seeds]
+        emb = {}
+        for m, e in embeddings.items():
+            if e is None:
+                emb[m] = None
+                continue
+            e = e.expand(b, -1) if e.shape[0] == 1 else e
+            if m == "text" and self.text_noise_std > 0:
+                noise = torch.stack([torch.randn(e.shape[1], generator=g) for g in gens])
+                e = F.normalize(e + self.text_noise_std * noise, dim=-1)
+            emb[m] = e
+        w = self.mapping(emb, batch=b)
+        ws = self.G.broadcast(w)
+        if variation > 0:
+            z = torch.stack([torch.randn(self.G.z_dim, generator=g) for g in gens])
+            w_rand = self.G.mapping(z)
+            k = max(0, min(variation_layers, self.G.num_ws))
+            ws = ws.clone()
+            ws[:, self.G.num_ws - k:] = ws[:, self.G.num_ws - k:].lerp(w_rand[:, None], float(variation))
+        if truncation != 1.0:
+            ws = self.G.truncate(ws, truncation)
+        return ws
+
+    @torch.no_grad()
+    def synthesize(self, ws: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """Images (B, 3, R, R) in [-1, 1]; per-layer noise drawn from each seed (constant noise if None)."""
+        if seeds is None:
+            return self.G.synthesis(ws, noise_mode="const")
+        out = []
+        for i, s in enumerate(seeds):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(s) & 0x7FFFFFFFFFFFFFFF)
+                out.append(self.G.synthesis(ws[i:i + 1], noise_mode="random"))
+        return torch.cat(out)
+
+    def generate_tensor(self, text=None, mask=None, sketch=None, coeffs=None, seeds: Sequence[int] = (0,),
+                        truncation: float = 1.0, variation: float = 0.0) -> torch.Tensor:
+        _check_truncation(truncation, variation)
+        emb = self.embed(text, mask, sketch, coeffs)
+        return self.synthesize(self.latents(emb, list(seeds), truncation, variation), list(seeds))
+
+    def generate(self, text=None, mask=None, sketch=None, coeffs=None, seed: int = 0, truncation: float = 1.0,
+                 variation: float = 0.0):
+        """One face as a PIL image (see the module docstring for what ``seed`` varies)."""
+        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, [seed], truncation, variation))[0]
+
+    def generate_batch(self, text=None, mask=None, sketch=None, coeffs=None, seeds: Sequence[int] = (0, 1, 2, 3),
+                       truncation: float = 1.0, variation: float = 0.0) -> list:
+        """Several seeds for the same inputs (one batched pass)."""
+        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, seeds, truncation, variation))
+
+    # -- reading photos -------------------------------------------------------
+    def parse(self, image) -> np.ndarray:
+        from ..common.imageio import load_image
+        from ..perception import parse_image
+
+        img = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        return parse_image(self.controls.parser, img)
+
+    def attributes(self, image) -> dict[str, float]:
+        from ..common.imageio import load_image
+        from ..perception import analyze_image
+
+        img = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+        return analyze_image(self.controls.analyzer, img)[0]
+
+
+def _check_truncation(truncation: float, variation: float) -> None:
+    if not (np.isfinite(truncation) and 0.0 <= truncation <= 2.0):
+        raise UserError("truncation must lie in [0, 2] (1 = none)")
+    if not (np.isfinite(variation) and 0.0 <= variation <= 1.0):
+        raise UserError("variation must lie in [0, 1]")
+
+
+def to_pil(images: torch.Tensor) -> list:
+    from PIL import Image
+
+    arr = images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(a) for a in arr]

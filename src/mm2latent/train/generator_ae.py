@@ -1,0 +1,331 @@
+"""Autoencoding StyleGAN2 training: the shipped world generator on a 2-core CPU.
+
+Why not plain adversarial training: a StyleGAN2 needs millions of images
+before faces appear, and this machine shows it ~10 images a second. Here the
+same StyleGAN2 generator (mapping + synthesis, unchanged) is the decoder of a
+VAE-GAN: an :class:`~mm2latent.models.inversion.ImageEncoder` gives
+q(z | x), the generator reconstructs x from a sample of it, and the
+StyleGAN2 discriminator judges both reconstructions and samples from the
+prior N(0, I). Reconstruction gives structure within a few thousand images;
+the KL term and the adversarial loss on prior samples make ``G(z)``,
+z ~ N(0, I), a usable unconditional generator; the adversarial loss sharpens.
+A frozen face parser adds a segmentation loss on reconstructions against the
+renderer's mask, so that generated faces parse the way MappingNet will be
+asked to follow.
+
+Losses (generator + encoder):
+    L1(x_rec, x) + kl_weight * KL + seg_weight * CE(parser(x_rec), mask)
+    + adv_weight * [softplus(-D(x_rec)) + softplus(-D(G(z_prior)))]
+Discriminator: non-saturating logistic loss with lazy R1 on reals.
+
+Checkpoints (all weights, optimisers, RNG states, data position, elapsed
+time) go through :mod:`mm2latent.train.state`; ``resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..common.errors import UserError
+from ..common.fileio import check_writable_dir, write_text_atomic
+from ..common.progress import progress
+from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
+from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
+from . import state as ckpt
+from .stylegan2 import DataOrder
+
+TRAIN_KIND = "generator-ae-train"
+
+
+@dataclass
+class GeneratorAEOptions:
+    out: str
+    data: str = "runs/cache_train128"
+    batch: int = 16
+    prior_batch: int = 8
+    steps: int | None = None
+    minutes: float | None = None
+    z_dim: int = 256
+    w_dim: int = 256
+    mapping_layers: int = 4
+    channels: list[int] = field(default_factory=lambda: [256, 256, 128, 64, 32, 16])  # 4 .. 128 px
+    d_channels: list[int] = field(default_factory=lambda: [128, 128, 64, 32, 16, 16])  # discriminator, 4 .. 128 px
+    enc_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256])
+    lr: float = 0.002
+    enc_lr: float = 0.0005  # plain (not equalised-LR) convolutions: Adam at the generator's rate made KL spike
+    kl_weight: float = 2.5e-4
+    seg_weight: float = 0.1
+    adv_weight: float = 0.05
+    adv_start: int = 300  # steps of pure reconstruction before the adversarial terms
+    adv_every: int = 2  # lazy adversarial terms: every k-th step, weight scaled by k (halves D cost on CPU)
+    r1_gamma: float = 1.0
+    r1_every: int = 16
+    ema_kimg: float = 5.0
+    seed: int = 0
+    parser: str | None = None  # parser weights; None = the shipped parser; "" = no segmentation loss
+    ckpt_minutes: float = 5.0
+    sample_every: int = 250
+    threads: int | None = None
+    resume: bool = False
+
+    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "sample_every", "threads", "resume", "data")
+
+    def validate(self) -> None:
+        if self.steps is None and self.minutes is None:
+            raise UserError("give a budget: --steps N and/or --minutes M")
+        if self.adv_every < 1 or self.r1_every < 1:
+            raise UserError("--adv-every and --r1-every must be >= 1")
+        if self.batch < 2 or self.prior_batch < 0:
+            raise UserError("--batch must be >= 2 and --prior-batch >= 0")
+        for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+        self.model_config()
+        ImageEncoderConfig(size=self.size, z_dim=self.z_dim, widths=list(self.enc_widths))
+
+    @property
+    def size(self) -> int:
+        return 4 * 2 ** (len(self.channels) - 1)
+
+    def model_config(self) -> StyleGAN2Config:
+        res = [4 * 2**i for i in range(len(self.channels))]
+        return StyleGAN2Config(resolution=self.size, z_dim=self.z_dim, w_dim=self.w_dim,
+                               mapping_layers=self.mapping_layers, channels=dict(zip(res, self.channels)),
+                               d_channels=dict(zip(res, self.d_channels)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GeneratorAEOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class GeneratorAETrainer:
+    def __init__(self, opts: GeneratorAEOptions, data=None):
+        from ..world.cache import CachedWorldDataset
+
+        opts.validate()
+        self.opts = opts
+        torch.manual_seed(opts.seed)
+        cfg = opts.model_config()
+        self.G, self.D, self.G_ema = Generator(cfg), Discriminator(cfg), Generator(cfg)
+        self.G_ema.load_state_dict(self.G.state_dict())
+        self.G_ema.requires_grad_(False).eval()
+        self.E = ImageEncoder(ImageEncoderConfig(size=opts.size, z_dim=opts.z_dim, widths=list(opts.enc_widths)))
+        self.E_ema = ImageEncoder(self.E.config)
+        self.E_ema.load_state_dict(self.E.state_dict())
+        self.E_ema.requires_grad_(False).eval()
+        self.data = data if data is not None else CachedWorldDataset(opts.data)
+        if getattr(self.data, "size", opts.size) != opts.size:
+            raise UserError(f"data {opts.data} is {self.data.size}px but the generator makes {opts.size}px images")
+        self.parser = None
+        if opts.parser != "" and opts.seg_weight > 0:
+            from ..perception import load_module, load_module_file
+
+            self.parser = (load_module(None, "parser") if opts.parser is None
+                           else load_module_file(opts.parser, "parser")).eval().requires_grad_(False)
+        betas = (0.5, 0.99)
+        self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
+                                      {"params": list(self.E.parameters()), "lr": opts.enc_lr}], lr=opts.lr, betas=betas)
+        c = opts.r1_every / (opts.r1_every + 1)  # lazy-regularisation correction, as in StyleGAN2
+        self.optD = torch.optim.Adam(self.D.parameters(), lr=opts.lr * c, betas=(betas[0] ** c, betas[1] ** c))
+        self.order = DataOrder(len(self.data), opts.seed)
+        self.step = 0
+        self.elapsed = 0.0
+        self.stats: dict[str, float] = {}
+
+    @property
+    def nimg(self) -> int:
+        return self.step * self.opts.batch
+
+    def _parser_input(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.parser.config.size
+        return x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+
+    def train_step(self) -> dict[str, float]:
+        o, G, D, E = self.opts, self.G, self.D, self.E
+        b = self.data.batch(self.order.take(o.batch))
+        x, mask = b["image"], b["mask"]
+        adv_on = o.adv_weight > 0 and self.step >= o.adv_start and self.step % o.adv_every == 0
+        stats: dict[str, float] = {}
+
+        # generator + encoder
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        mu, logvar = E(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        x_rec = G.synthesis(G.broadcast(G.mapping(z)), noise_mode="random")
+        rec = (x_rec - x).abs().mean()
+        kl = kl_to_standard_normal(mu, logvar).mean()
+        loss = rec + o.kl_weight * kl
+        stats["rec"], stats["kl"] = rec.item(), kl.item()
+        if self.parser is not None:
+            logits = self.parser(self._parser_input(x_rec))
+            if logits.shape[-1] != mask.shape[-1]:
+                logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+            seg = F.cross_entropy(logits, mask)
+            loss = loss + o.seg_weight * seg
+            stats["seg"] = seg.item()
+        x_pri = None
+        if adv_on:
+            adv = F.softplus(-D(x_rec)).mean()
+            if o.prior_batch:
+                x_pri = G(torch.randn(o.prior_batch, o.z_dim))
+                adv = adv + F.softplus(-D(x_pri)).mean()
+            loss = loss + o.adv_weight * o.adv_every * adv
+            stats["adv_G"] = adv.item()
+        self.optG.zero_grad(set_to_none=True)
+        loss.backward()
+        stats["enc_grad"] = float(torch.nn.utils.clip_grad_norm_(E.parameters(), 5.0))
+        self.optG.step()
+
+        # discriminator
+        if adv_on:
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            fakes = x_rec.detach() if x_pri is None else torch.cat([x_rec.detach(), x_pri.detach()])
+            loss_D = F.softplus(D(fakes)).mean() + F.softplus(-D(x)).mean()
+            self.optD.zero_grad(set_to_none=True)
+            loss_D.backward()
+            self.optD.step()
+            stats["loss_D"] = loss_D.item()
+            if (self.step // o.adv_every) % o.r1_every == 0 and o.r1_gamma > 0:
+                xr = x.detach().requires_grad_(True)
+                (grads,) = torch.autograd.grad(D(xr).sum(), xr, create_graph=True)
+                r1 = grads.square().sum(dim=(1, 2, 3)).mean()
+                self.optD.zero_grad(set_to_none=True)
+                (r1 * (o.r1_gamma / 2) * o.r1_every).backward()
+                self.optD.step()
+                stats["r1"] = r1.item()
+
+        with torch.no_grad():  # EMA of generator and encoder; w_avg from the prior
+            beta = 0.5 ** (o.batch / max(min(o.ema_kimg * 1000, (self.nimg + o.batch) * 0.1), 1e-8))
+            for pe, p in zip(self.G_ema.parameters(), G.parameters()):
+                pe.copy_(p.detach().lerp(pe, beta))
+            for pe, p in zip(self.E_ema.parameters(), E.parameters()):
+                pe.copy_(p.detach().lerp(pe, beta))
+            w_prior = G.mapping(torch.randn(64, o.z_dim))
+            G.mapping.w_avg.copy_(w_prior.mean(0).lerp(G.mapping.w_avg, G.cfg.w_avg_beta))
+            self.G_ema.mapping.w_avg.copy_(G.mapping.w_avg)
+        self.step += 1
+        self.stats = stats
+        return stats
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, m in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema), ("E", self.E), ("E_ema", self.E_ema)):
+            tensors.update(ckpt.module_tensors(name, m))
+        meta: dict[str, Any] = {"train": self.opts.to_dict(), "elapsed": self.elapsed,
+                                "order": [self.order.epoch, self.order.cursor], "optim": {}}
+        for name, opt in (("optG", self.optG), ("optD", self.optD)):
+            t, m = ckpt.flatten_optimizer(opt, name)
+            tensors.update(t)
+            meta["optim"][name] = m
+        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors().items()})
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        for name, m in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema), ("E", self.E), ("E_ema", self.E_ema)):
+            ckpt.load_module_tensors(name, m, tensors)
+        for name, opt in (("optG", self.optG), ("optD", self.optD)):
+            ckpt.unflatten_optimizer(opt, name, tensors, meta["optim"][name])
+        self.step = int(meta["step"])
+        self.elapsed = float(meta["elapsed"])
+        self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
+        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+
+    @torch.no_grad()
+    def sample_grid(self, n: int = 8):
+        """Top rows: prior samples (psi 0.7); bottom: validation-free reconstructions of the first images."""
+        import numpy as np
+
+        g = torch.Generator().manual_seed(1234)
+        z = torch.randn(n * 2, self.opts.z_dim, generator=g)
+        pri = self.G_ema(z, truncation_psi=0.7, noise_mode="const")
+        x = self.data.batch(list(range(n)))["image"]
+        rec = self.G_ema.synthesis(self.G_ema.broadcast(self.G_ema.mapping(self.E_ema(x)[0])), noise_mode="const")
+        rows = torch.cat([pri, x, rec]).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+        rows = rows.permute(0, 2, 3, 1).numpy()
+        from ..common.imageio import make_grid
+
+        return make_grid(np.asarray(rows), n)
+
+
+def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:
+    from ..perception import save_module
+
+    info = {"training": {"method": "autoencoding StyleGAN2 (VAE-GAN)", "step": trainer.step,
+                         "kimg": trainer.nimg / 1000, "minutes": round(trainer.elapsed / 60, 1),
+                         "data": trainer.opts.data}}
+    save_generator(run_dir / "generator", trainer.G_ema, dtype=torch.float16, extra=info)
+    save_module(trainer.E_ema, run_dir / "image_encoder.safetensors", half=True, extra=info)
+
+
+def train_generator_ae(opts: GeneratorAEOptions, data=None) -> GeneratorAETrainer:
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    run_dir = Path(opts.out)
+    check_writable_dir(run_dir)
+    found = ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND)
+    if found and not opts.resume:
+        raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+    if found:
+        saved = GeneratorAEOptions.from_dict(found[2]["train"])
+        for name in GeneratorAEOptions.RESUMABLE:
+            setattr(saved, name, getattr(opts, name))
+        opts = saved
+    tr = GeneratorAETrainer(opts, data)
+    if found:
+        tr.load_state(found[1], found[2])
+        print(f"resuming {run_dir} from step {tr.step}", file=sys.stderr)
+    write_text_atomic(run_dir / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+
+    def done() -> bool:
+        return bool((opts.steps and tr.step >= opts.steps) or (opts.minutes and tr.elapsed >= opts.minutes * 60))
+
+    def save() -> None:
+        tensors, meta = tr.state()
+        ckpt.write_checkpoint(run_dir, tr.step, tensors, meta, TRAIN_KIND)
+        export(tr, run_dir)
+
+    bar = progress(total=opts.steps, initial=tr.step, desc="generator-ae", unit="step")
+    t_last, t_ckpt = time.monotonic(), time.monotonic()
+    try:
+        while not done():
+            stats = tr.train_step()
+            now = time.monotonic()
+            tr.elapsed += now - t_last
+            t_last = now
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+            if tr.step % 20 == 0:
+                with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": tr.step, "elapsed": round(tr.elapsed, 1), **stats}) + "\n")
+            if opts.sample_every and tr.step % opts.sample_every == 0:
+                from ..common.imageio import save_image
+
+                (run_dir / "samples").mkdir(exist_ok=True)
+                save_image(run_dir / "samples" / f"step-{tr.step:07d}.png", tr.sample_grid())
+            if now - t_ckpt >= opts.ckpt_minutes * 60:
+                save()
+                t_ckpt, t_last = time.monotonic(), time.monotonic()
+    finally:
+        bar.close()
+    save()
+    print(f"step {tr.step} ({tr.nimg / 1000:.1f} kimg, {tr.elapsed / 60:.1f} min); "
+          f"generator: {run_dir / 'generator.safetensors'}", file=sys.stderr)
+    return tr

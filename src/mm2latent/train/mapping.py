@@ -1,0 +1,274 @@
+"""MappingNet training on generator-derived data (no captions: that is the method).
+
+Each step takes a batch of (w, image embedding, control embeddings) made by
+:mod:`mm2latent.train.mapping_data` and builds MappingNet's input as at
+inference, except that the text slot holds the *pseudo text embedding*
+normalise(image_emb + N(0, text_noise_std^2 I)) and every modality is replaced
+by its learned absent embedding with probability ``drop_prob`` (so any subset
+works at inference). Loss: L1 + cosine on w (DESIGN.md section 1), plus an
+optional image-space term: the parser's cross-entropy of G(w_pred) against the
+sample's mask (``seg_weight``; costs a generator pass per step on CPU).
+
+The last ``val_fraction`` of the data is held out; its w loss with all
+modalities and with text only is logged at each checkpoint. Checkpoints go
+through :mod:`mm2latent.train.state`; ``resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..common.errors import UserError
+from ..common.fileio import check_writable_dir, write_text_atomic
+from ..common.progress import progress
+from ..models.mapping import MODALITIES, MappingNet, MappingNetConfig, w_loss
+from . import state as ckpt
+from .mapping_data import load_mapping_data
+from .stylegan2 import DataOrder
+
+TRAIN_KIND = "mapping-net-train"
+EMB_KEYS = {"text": "image_emb", "mask": "mask_emb", "sketch": "sketch_emb", "coeffs": "coeff_emb"}
+
+
+@dataclass
+class MappingTrainOptions:
+    data: str
+    out: str
+    steps: int = 4000
+    minutes: float | None = None
+    batch: int = 256
+    lr: float = 1e-3
+    text_noise_std: float = 0.04
+    drop_prob: float = 0.3
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
+    wplus: bool = False
+    layers: int = 8
+    hidden: int = 512
+    dropout: float = 0.1
+    cos_weight: float = 1.0
+    seg_weight: float = 0.0
+    seg_batch: int = 8
+    weights: str | None = None  # generator + parser for the image-space term (default: shipped)
+    val_fraction: float = 0.05
+    seed: int = 0
+    ckpt_minutes: float = 2.0
+    threads: int | None = None
+    resume: bool = False
+
+    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "threads", "resume", "data", "weights")
+
+    def validate(self) -> None:
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad or not self.modalities:
+            raise UserError(f"--modalities must be a subset of {', '.join(MODALITIES)}")
+        if self.steps is not None and self.steps < 1:
+            raise UserError("--steps must be positive")
+        if self.text_noise_std < 0 or not 0 <= self.drop_prob < 1:
+            raise UserError("--text-noise must be >= 0 and --drop-prob in [0, 1)")
+        if self.batch < 2:
+            raise UserError("--batch must be at least 2 (BatchNorm)")
+        if not 0 < self.val_fraction < 0.5:
+            raise UserError("--val-fraction must lie in (0, 0.5)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MappingTrainOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def pseudo_text(image_emb: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """normalise(image embedding + Gaussian noise): MM2Latent's stand-in for a caption embedding."""
+    if std <= 0:
+        return F.normalize(image_emb, dim=-1)
+    noise = torch.randn(image_emb.shape, generator=generator) if generator is not None else torch.randn_like(image_emb)
+    return F.normalize(image_emb + std * noise, dim=-1)
+
+
+class MappingTrainer:
+    def __init__(self, opts: MappingTrainOptions, data: dict[str, np.ndarray] | None = None):
+        opts.validate()
+        self.opts = opts
+        torch.manual_seed(opts.seed)
+        names = ("w", "mask") + tuple(EMB_KEYS[m] for m in opts.modalities)
+        d = data if data is not None else load_mapping_data(opts.data, names)
+        n = len(d["w"])
+        n_val = max(1, int(round(n * opts.val_fraction)))
+        if n - n_val < opts.batch:
+            raise UserError(f"{n} samples are too few for batch {opts.batch}")
+        self.t = {k: torch.from_numpy(np.asarray(d[k], dtype=np.uint8 if k == "mask" else np.float32))
+                  for k in names if k in d}
+        self.n_train = n - n_val
+        w = self.t["w"]
+        num_ws = 1
+        self.G = self.parser = None
+        if opts.seg_weight > 0 or opts.wplus:
+            from ..pipeline import load_components
+
+            comp = load_components(opts.weights, need=("generator",))
+            self.G = comp["generator"].requires_grad_(False)
+            num_ws = self.G.num_ws if opts.wplus else 1
+        if opts.seg_weight > 0:
+            from ..perception import load_module_file
+            from ..pipeline.core import _file, default_weights_dir
+
+            wd = Path(opts.weights) if opts.weights else default_weights_dir()
+            self.parser = load_module_file(_file(wd, "parser"), "parser").requires_grad_(False)
+        dims = {m: self.t[EMB_KEYS[m]].shape[1] for m in opts.modalities}
+        self.net = MappingNet(MappingNetConfig(dims=dims, w_dim=w.shape[1], num_ws=num_ws, hidden=opts.hidden,
+                                               layers=opts.layers, dropout=opts.dropout))
+        train_w = w[:self.n_train]
+        self.net.w_mean.copy_(train_w.mean(0))
+        self.net.w_std.copy_(train_w.std(0).clamp_min(1e-3))
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=opts.lr, betas=(0.9, 0.99))
+        self.order = DataOrder(self.n_train, opts.seed)
+        self.step = 0
+        self.elapsed = 0.0
+        self.stats: dict[str, float] = {}
+
+    def lr_at(self, step: int) -> float:
+        total = self.opts.steps or 10**9
+        warm = min(200, total // 10 + 1)
+        if step < warm:
+            return self.opts.lr * (step + 1) / warm
+        return self.opts.lr * 0.5 * (1 + np.cos(np.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    def inputs(self, idx: torch.Tensor, train: bool) -> tuple[dict, dict | None]:
+        o = self.opts
+        emb = {m: self.t[EMB_KEYS[m]][idx] for m in o.modalities}
+        if "text" in emb:
+            emb["text"] = pseudo_text(emb["text"], o.text_noise_std)
+        present = None
+        if train and o.drop_prob > 0:
+            present = {m: torch.rand(len(idx)) >= o.drop_prob for m in o.modalities}
+        return emb, present
+
+    def train_step(self) -> dict[str, float]:
+        o = self.opts
+        idx = torch.as_tensor(self.order.take(o.batch))
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        self.net.train()
+        emb, present = self.inputs(idx, train=True)
+        pred = self.net(emb, present)
+        loss, stats = w_loss(pred, self.t["w"][idx], center=self.net.w_mean, cos_weight=o.cos_weight)
+        if self.parser is not None and o.seg_weight > 0:
+            k = min(o.seg_batch, len(idx))
+            ws = self.G.broadcast(pred[:k])
+            x = self.G.synthesis(ws, noise_mode="const")
+            seg = F.cross_entropy(self.parser(x), self.t["mask"][idx[:k]].long())
+            loss = loss + o.seg_weight * seg
+            stats["seg"] = seg.item()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        stats["loss"] = loss.item()
+        self.stats = stats
+        return stats
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.net.eval()
+        idx = torch.arange(self.n_train, len(self.t["w"]))
+        g = torch.Generator().manual_seed(1)
+        out = {}
+        subsets = {"all": self.opts.modalities, **{f"{m}_only": [m] for m in self.opts.modalities}}
+        for name, mods in subsets.items():
+            emb = {m: self.t[EMB_KEYS[m]][idx] if m in mods else None for m in self.opts.modalities}
+            if emb.get("text") is not None:
+                emb["text"] = pseudo_text(emb["text"], self.opts.text_noise_std, g)
+            _, s = w_loss(self.net(emb, batch=len(idx)), self.t["w"][idx], center=self.net.w_mean)
+            out[f"val_{name}_l1"] = round(s["l1"], 5)
+            out[f"val_{name}_cos"] = round(s["cos"], 5)
+        return out
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = ckpt.module_tensors("net", self.net)
+        t, m = ckpt.flatten_optimizer(self.opt, "opt")
+        tensors.update(t)
+        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors().items()})
+        return tensors, {"train": self.opts.to_dict(), "optim": m, "elapsed": self.elapsed,
+                         "order": [self.order.epoch, self.order.cursor]}
+
+    def load_state(self, tensors, meta) -> None:
+        ckpt.load_module_tensors("net", self.net, tensors)
+        ckpt.unflatten_optimizer(self.opt, "opt", tensors, meta["optim"])
+        self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
+        self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
+        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+
+
+def export(tr: MappingTrainer, path: Path, val: dict | None = None) -> None:
+    from ..perception import save_module
+
+    data_meta = {}
+    mp = Path(tr.opts.data) / "meta.json"
+    if mp.exists():
+        data_meta = json.loads(mp.read_text())
+    save_module(tr.net, path, half=False, extra={
+        "text_noise_std": tr.opts.text_noise_std,
+        "training": {"steps": tr.step, "minutes": round(tr.elapsed / 60, 2), "data": tr.opts.data,
+                     "samples": len(tr.t["w"]), "truncation": data_meta.get("truncation"),
+                     "options": {k: v for k, v in tr.opts.to_dict().items() if k not in ("out", "resume", "threads")}},
+        "val": val or {}})
+
+
+def train_mapping(opts: MappingTrainOptions, data: dict | None = None, export_to: str | None = None) -> MappingTrainer:
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    run = Path(opts.out)
+    check_writable_dir(run)
+    found = ckpt.latest_good_checkpoint(run, TRAIN_KIND)
+    if found and not opts.resume:
+        raise UserError(f"{run} already holds a training run; pass --resume to continue it or choose another --out")
+    if found:
+        saved = MappingTrainOptions.from_dict(found[2]["train"])
+        for name in MappingTrainOptions.RESUMABLE:
+            setattr(saved, name, getattr(opts, name))
+        opts = saved
+    tr = MappingTrainer(opts, data)
+    if found:
+        tr.load_state(found[1], found[2])
+        print(f"resuming {run} from step {tr.step}", file=sys.stderr)
+    write_text_atomic(run / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+
+    def save(final: bool = False) -> dict:
+        val = tr.validate()
+        tensors, meta = tr.state()
+        ckpt.write_checkpoint(run, tr.step, tensors, meta, TRAIN_KIND)
+        with open(run / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": tr.step, **tr.stats, **val}) + "\n")
+        return val
+
+    bar = progress(total=opts.steps, initial=tr.step, desc="mapping-net", unit="step")
+    t_last = t_ckpt = time.monotonic()
+    try:
+        while not ((opts.steps and tr.step >= opts.steps) or (opts.minutes and tr.elapsed >= opts.minutes * 60)):
+            s = tr.train_step()
+            now = time.monotonic()
+            tr.elapsed += now - t_last
+            t_last = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{s['loss']:.4f}", refresh=False)
+            if now - t_ckpt >= opts.ckpt_minutes * 60:
+                save()
+                t_ckpt = t_last = time.monotonic()
+    finally:
+        bar.close()
+    val = save(final=True)
+    export(tr, Path(export_to) if export_to else run / "mapping_net.safetensors", val)
+    print(json.dumps({"step": tr.step, **val}), file=sys.stderr)
+    return tr

@@ -1,0 +1,121 @@
+"""MappingNet's training set, derived from the generator itself (no captions).
+
+For sample i: z_i ~ N(0, I) from a generator keyed by (seed, i), w_i =
+G.mapping(z_i, psi), x_i = G.synthesis(w_i) with constant noise; then the
+perception stack reads x_i's controls and the encoders embed them
+(:class:`~mm2latent.pipeline.controls.ControlEncoders`).
+
+On disk (``OUT/``): ``meta.json`` (count, chunk size, seed, truncation, the
+weights used, array names) and one ``chunk-XXXXX.npz`` per ``chunk`` samples
+(plain arrays, read with ``allow_pickle=False``):
+
+    z (n, z_dim) f32, w (n, w_dim) f32, image_emb / mask_emb / sketch_emb /
+    coeff_emb (n, 512) f16, mask (n, M, M) u8, sketch (n, K, K) u8 (1 = line),
+    coeffs (n, 13) f32 (normalised units), attributes (n, A) f16 (probabilities)
+
+Chunks are written atomically and skipped when present, so an interrupted
+run resumes where it stopped, and ``shard=(i, n)`` makes process i of n do
+every n-th chunk (run n processes on one OUT, then load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..common.errors import UserError
+from ..common.fileio import atomic_path, write_text_atomic
+from ..common.progress import progress
+
+ARRAYS = ("z", "w", "image_emb", "mask_emb", "sketch_emb", "coeff_emb", "mask", "sketch", "coeffs", "attributes")
+
+
+def chunk_z(seed: int, start: int, stop: int, z_dim: int) -> torch.Tensor:
+    """Latents of samples start..stop-1, each from its own seeded generator (shard-independent)."""
+    out = torch.empty(stop - start, z_dim)
+    for k, i in enumerate(range(start, stop)):
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+        out[k] = torch.randn(z_dim, generator=g)
+    return out
+
+
+@torch.no_grad()
+def make_chunk(G, controls, z: torch.Tensor, truncation: float, batch: int = 32) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {k: [] for k in ARRAYS}
+    for a in range(0, len(z), batch):
+        zb = z[a:a + batch]
+        w = G.mapping(zb, truncation_psi=truncation)
+        x = G.synthesis(G.broadcast(w), noise_mode="const")
+        c = controls.derive(x)
+        parts["z"].append(zb.numpy())
+        parts["w"].append(w.numpy())
+        parts["image_emb"].append(c["image_emb"].numpy().astype(np.float16))
+        parts["mask_emb"].append(controls.embed_mask(c["mask"]).numpy().astype(np.float16))
+        parts["sketch_emb"].append(controls.embed_sketch(c["sketch"]).numpy().astype(np.float16))
+        parts["coeff_emb"].append(controls.embed_coeffs(c["coeffs"]).numpy().astype(np.float16))
+        parts["mask"].append(c["mask"].numpy().astype(np.uint8))
+        parts["sketch"].append(c["sketch"][:, 0].numpy().astype(np.uint8))
+        parts["coeffs"].append(c["coeffs"].numpy().astype(np.float32))
+        parts["attributes"].append(c["attributes"].numpy().astype(np.float16))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None = None, seed: int = 0,
+                          truncation: float = 1.0, chunk: int = 256, shard: tuple[int, int] = (0, 1),
+                          batch: int = 32) -> Path:
+    from ..pipeline import load_components
+
+    if num < 1 or chunk < 1:
+        raise UserError("--num and --chunk must be positive")
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    comp = load_components(weights, need=("generator", "controls"))
+    G, controls = comp["generator"], comp["controls"]
+    meta = {"num": num, "chunk": chunk, "seed": seed, "truncation": truncation, "arrays": list(ARRAYS),
+            "weights": str(weights or "shipped"), "z_dim": G.z_dim, "w_dim": G.w_dim,
+            "generator": comp.get("generator_info", {})}
+    mp = out / "meta.json"
+    if mp.exists():
+        old = json.loads(mp.read_text())
+        diff = [k for k in ("num", "chunk", "seed", "truncation", "z_dim", "w_dim") if old.get(k) != meta[k]]
+        if diff:
+            raise UserError(f"{out} holds data made with other settings ({', '.join(diff)}); use another --out")
+    elif i == 0:
+        write_text_atomic(mp, json.dumps(meta, indent=1) + "\n")
+    chunks = [k for k in range((num + chunk - 1) // chunk) if k % n == i]
+    todo = [k for k in chunks if not (out / f"chunk-{k:05d}.npz").exists()]
+    bar = progress(total=len(todo) * chunk, desc=f"mapping data {i}/{n}", unit="face")
+    for k in todo:
+        a, b = k * chunk, min(num, (k + 1) * chunk)
+        arrays = make_chunk(G, controls, chunk_z(seed, a, b, G.z_dim), truncation, batch)
+        with atomic_path(out / f"chunk-{k:05d}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        bar.update(b - a)
+    bar.close()
+    return out
+
+
+def load_mapping_data(root: str | os.PathLike, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
+    """All chunks concatenated; refuses incomplete data."""
+    root = Path(root)
+    if not (root / "meta.json").exists():
+        raise UserError(f"{root} is not a MappingNet data directory (no meta.json)")
+    meta = json.loads((root / "meta.json").read_text())
+    n_chunks = (meta["num"] + meta["chunk"] - 1) // meta["chunk"]
+    missing = [k for k in range(n_chunks) if not (root / f"chunk-{k:05d}.npz").exists()]
+    if missing:
+        raise UserError(f"{root} is incomplete: {len(missing)} of {n_chunks} chunks missing (rerun the generation)")
+    parts: dict[str, list] = {k: [] for k in names}
+    for k in range(n_chunks):
+        with np.load(root / f"chunk-{k:05d}.npz", allow_pickle=False) as f:
+            for name in names:
+                parts[name].append(f[name])
+    return {k: np.concatenate(v) for k, v in parts.items()}

@@ -137,6 +137,8 @@ def prepare_sketch(sketch: Any, size: int) -> torch.Tensor:
     if a.ndim not in (2, 3) or min(a.shape[:2]) < 8:
         raise UserError("a sketch must be an image of at least 8x8 pixels")
     s = sketch_from_image(a, size)
+    if float(s.sum()) == 0:
+        raise UserError("the sketch has no lines (a blank page); leave --sketch out instead")
     if float(s.mean()) > 0.5:
         raise UserError("the sketch is mostly lines; give thin lines on a plain background")
     return s[None]

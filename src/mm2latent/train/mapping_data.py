@@ -87,7 +87,7 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
         diff = [k for k in ("num", "chunk", "seed", "truncation", "z_dim", "w_dim") if old.get(k) != meta[k]]
         if diff:
             raise UserError(f"{out} holds data made with other settings ({', '.join(diff)}); use another --out")
-    elif i == 0:
+    else:  # every shard may write it (same content, atomic)
         write_text_atomic(mp, json.dumps(meta, indent=1) + "\n")
     chunks = [k for k in range((num + chunk - 1) // chunk) if k % n == i]
     todo = [k for k in chunks if not (out / f"chunk-{k:05d}.npz").exists()]

@@ -1,0 +1,121 @@
+"""Autoencoding StyleGAN2 trainer (the world generator) and the image encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mm2latent.common.errors import UserError
+from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
+from mm2latent.models.stylegan2 import load_generator
+from mm2latent.perception import build_model, load_module_file, save_module
+from mm2latent.train import state as ckpt
+from mm2latent.train.generator_ae import TRAIN_KIND, GeneratorAEOptions, GeneratorAETrainer, train_generator_ae
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    from mm2latent.world.attributes import ATTRIBUTES
+    from mm2latent.world.params import COEFF_NAMES
+    from mm2latent.world.sample import make_sample
+
+    root = tmp_path_factory.mktemp("gcache") / "c"
+    root.mkdir()
+    ss = [make_sample(0, i, SIZE, n_captions=0, n_heldout=0) for i in range(12)]
+    np.save(root / "images.npy", np.stack([s.image for s in ss]))
+    np.save(root / "masks.npy", np.stack([s.mask for s in ss]).astype(np.uint8))
+    np.save(root / "sketches.npy", np.stack([(s.sketch < 128) for s in ss]).astype(np.uint8))
+    np.save(root / "attributes.npy", np.stack([s.params.attr_vector() for s in ss]).astype(np.uint8))
+    np.save(root / "coeffs.npy", np.stack([s.params.coeff_vector() for s in ss]).astype(np.float32))
+    (root / "captions.json").write_text(json.dumps([[] for _ in ss]))
+    (root / "meta.json").write_text(json.dumps({"split": "train", "seed": 0, "size": SIZE, "num": 12,
+                                                "attributes": list(ATTRIBUTES), "coeffs": list(COEFF_NAMES)}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def parser_file(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("parser") / "parser.safetensors"
+    save_module(build_model("parser", {"base": 4, "depth": 3, "max_width": 16, "size": SIZE}), p)
+    return p
+
+
+def _opts(cache, out, **kw):
+    base = dict(out=str(out), data=str(cache), batch=4, prior_batch=2, z_dim=16, w_dim=16, mapping_layers=2,
+                channels=[16, 16, 8, 8, 8], d_channels=[16, 16, 8, 8, 8], enc_widths=[8, 8, 16, 16], adv_start=2,
+                adv_every=1, r1_every=2, parser="", steps=6, sample_every=0)
+    base.update(kw)
+    return GeneratorAEOptions(**base)
+
+
+def test_image_encoder_shapes_and_kl():
+    enc = ImageEncoder(ImageEncoderConfig(size=64, z_dim=8, widths=[8, 8, 16, 16]))
+    mu, lv = enc(torch.randn(3, 3, 64, 64))
+    assert mu.shape == lv.shape == (3, 8)
+    with pytest.raises(UserError):
+        ImageEncoderConfig(size=64, widths=[8, 8])
+    with pytest.raises(ValueError):
+        enc(torch.randn(1, 3, 32, 32))
+    z = torch.zeros(2, 5)
+    assert torch.allclose(kl_to_standard_normal(z, z), torch.zeros(2))
+    assert kl_to_standard_normal(torch.ones(1, 4), torch.zeros(1, 4)).item() == pytest.approx(2.0)
+
+
+def test_training_reconstructs_better(cache, parser_file, tmp_path):
+    torch.manual_seed(0)
+    tr = GeneratorAETrainer(_opts(cache, tmp_path, parser=str(parser_file), seg_weight=0.1, adv_start=1000, lr=0.01,
+                                  enc_lr=0.003, batch=12))
+    x = tr.data.batch(list(range(12)))["image"]
+
+    def rec_err():
+        with torch.no_grad():
+            return (tr.G.synthesis(tr.G.broadcast(tr.G.mapping(tr.E(x)[0])), noise_mode="const") - x).abs().mean().item()
+
+    before = rec_err()
+    for _ in range(25):
+        s = tr.train_step()
+    assert "seg" in s and "adv_G" not in s
+    assert rec_err() < 0.8 * before
+
+
+def test_adversarial_step_and_export(cache, tmp_path):
+    tr = train_generator_ae(_opts(cache, tmp_path, steps=4))
+    assert "adv_G" in tr.stats and "loss_D" in tr.stats
+    G = load_generator(tmp_path / "generator.safetensors")
+    assert G(torch.randn(2, 16)).shape == (2, 3, SIZE, SIZE)
+    E = load_module_file(tmp_path / "image_encoder.safetensors", "image_encoder")
+    assert E(torch.zeros(1, 3, SIZE, SIZE))[0].shape == (1, 16)
+    info = json.loads((tmp_path / "generator.json").read_text())["training"]
+    assert info["step"] == 4 and "VAE-GAN" in info["method"]
+    with pytest.raises(UserError, match="--resume"):
+        train_generator_ae(_opts(cache, tmp_path, steps=8))
+
+
+def test_resume_is_exact(cache, tmp_path):
+    torch.manual_seed(0)
+    a = train_generator_ae(_opts(cache, tmp_path / "a", steps=6))
+    torch.manual_seed(0)
+    train_generator_ae(_opts(cache, tmp_path / "b", steps=3))
+    torch.manual_seed(77)
+    b = train_generator_ae(_opts(cache, tmp_path / "b", steps=6, resume=True))
+    for name in ("G", "D", "E", "G_ema"):
+        for (k, p), q in zip(getattr(a, name).state_dict().items(), getattr(b, name).state_dict().values()):
+            assert torch.equal(p, q), f"{name}.{k}"
+    stem = ckpt.list_checkpoints(tmp_path / "b")[0]
+    assert ckpt.read_checkpoint(stem, TRAIN_KIND)[1]["step"] == 6
+
+
+def test_options_validation(cache, tmp_path):
+    for bad in ({"steps": None}, {"adv_every": 0}, {"kl_weight": -1.0}, {"enc_widths": [8, 8]}):
+        with pytest.raises(UserError):
+            kw = dict(bad)
+            _opts(cache, tmp_path, **kw).validate()
+    with pytest.raises(UserError, match="px"):
+        GeneratorAETrainer(_opts(cache, tmp_path, channels=[16, 16, 8, 8], d_channels=[16, 16, 8, 8],
+                                 enc_widths=[8, 8, 16]))

@@ -1,0 +1,284 @@
+"""MappingNet, its data generation and training, the Pipeline and `mm2latent generate` (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mm2latent.cli.main import main
+from mm2latent.common.errors import UserError
+from mm2latent.common.palette import PALETTE
+from mm2latent.models.clip import CLIP, CLIPConfig, save_clip
+from mm2latent.models.mapping import MappingNet, MappingNetConfig, w_loss
+from mm2latent.models.stylegan2 import Generator, StyleGAN2Config, save_generator
+from mm2latent.perception import build_model, save_module
+from mm2latent.pipeline import Pipeline, prepare_coeffs, prepare_mask, prepare_sketch
+from mm2latent.train.mapping import MappingTrainOptions, pseudo_text, train_mapping
+from mm2latent.train.mapping_data import generate_mapping_data, load_mapping_data
+
+S = 32
+TINY = {
+    "parser": {"base": 4, "depth": 3, "max_width": 16, "size": S},
+    "analyzer": {"stem": 8, "widths": [16, 16], "hidden": 32, "size": S},
+    "mask_ae": {"base": 4, "max_width": 16, "latent_dim": 32, "bottom": 4, "size": S},
+    "sketch_ae": {"base": 4, "max_width": 16, "latent_dim": 32, "bottom": 4, "size": S},
+    "coeff_ae": {"hidden": 16, "latent_dim": 32},
+}
+GCFG = StyleGAN2Config(resolution=S, z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8})
+
+
+def _tiny_clip() -> CLIP:
+    return CLIP(CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                           context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
+                           transformer_layers=1))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """A complete weights directory of tiny random models, plus MappingNet data and a trained MappingNet."""
+    d = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    for kind, cfg in TINY.items():
+        save_module(build_model(kind, cfg), d / f"{kind}.safetensors")
+    save_clip(_tiny_clip().eval(), d / "encoder.safetensors")
+    save_generator(d / "generator", Generator(GCFG))
+    data = tmp_path_factory.mktemp("mdata") / "d"
+    generate_mapping_data(data, num=40, weights=str(d), chunk=16, seed=3)
+    run = tmp_path_factory.mktemp("mrun")
+    train_mapping(MappingTrainOptions(data=str(data), out=str(run), steps=30, batch=16, text_noise_std=0.05),
+                  export_to=str(d / "mapping_net.safetensors"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def mdata(weights, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mdata2") / "d"
+    generate_mapping_data(out, num=40, weights=str(weights), chunk=16, seed=3)
+    return out
+
+
+# --------------------------------------------------------------------------- MappingNet
+
+
+def test_mappingnet_shapes_and_absent_embeddings():
+    torch.manual_seed(0)
+    net = MappingNet(MappingNetConfig(dims={"text": 8, "mask": 6}, w_dim=5, hidden=16, layers=3)).eval()
+    t, m = torch.randn(4, 8), torch.randn(4, 6)
+    assert net({"text": t, "mask": m}).shape == (4, 5)
+    # None == the learned absent embedding == flagged absent
+    a = net({"text": t, "mask": None})
+    b = net({"text": t, "mask": m}, present={"mask": torch.zeros(4, dtype=torch.bool)})
+    assert torch.allclose(a, b)
+    assert not torch.allclose(a, net({"text": t, "mask": m}))
+    # mixed per-row presence: row 0 uses m, others the absent vector
+    x = net.assemble({"text": t, "mask": m}, present={"mask": torch.tensor([True, False, False, False])})
+    assert torch.equal(x[0, 8:], m[0]) and torch.allclose(x[1, 8:], net.absent["mask"])
+    with pytest.raises(UserError):
+        net({"text": None, "mask": None})
+    assert net({"text": None, "mask": None}, batch=2).shape == (2, 5)
+    with pytest.raises(UserError):
+        net({"sketch": torch.randn(4, 3)})
+    wp = MappingNet(MappingNetConfig(dims={"text": 8}, w_dim=5, num_ws=3, hidden=16, layers=2)).eval()
+    assert wp({"text": t}).shape == (4, 3, 5)
+
+
+def test_mappingnet_config_validation_and_roundtrip():
+    c = MappingNetConfig(dims={"mask": 4, "text": 3}, w_dim=7)
+    assert list(c.dims) == ["text", "mask"]  # canonical order
+    assert MappingNetConfig.from_dict(c.to_dict()) == c
+    for bad in ({"dims": {"colour": 3}}, {"dims": {}}, {"dropout": 1.0}, {"layers": 0}):
+        with pytest.raises(UserError):
+            MappingNetConfig(**bad)
+    with pytest.raises(UserError):
+        MappingNetConfig.from_dict({"depth": 3})
+
+
+def test_w_loss_and_pseudo_text():
+    w = torch.randn(6, 4)
+    loss, st = w_loss(w, w)
+    assert loss.item() == pytest.approx(0, abs=1e-6)
+    loss, st = w_loss(-w, w)
+    assert st["cos"] == pytest.approx(2.0, abs=1e-5) and st["l1"] == pytest.approx(2 * w.abs().mean().item(), rel=1e-5)
+    # W+ prediction against a W target
+    assert w_loss(w[:, None].repeat(1, 3, 1), w)[0].item() == pytest.approx(0, abs=1e-6)
+    e = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    assert torch.allclose(pseudo_text(e, 0.0), e)
+    p = pseudo_text(e, 0.1)
+    assert torch.allclose(p.norm(dim=-1), torch.ones(5), atol=1e-5) and not torch.allclose(p, e)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert torch.equal(pseudo_text(e, 0.1, g1), pseudo_text(e, 0.1, g2))
+
+
+# --------------------------------------------------------------------------- data generation
+
+
+def test_mapping_data_contents_resume_and_shards(weights, mdata, tmp_path):
+    d = load_mapping_data(mdata)
+    assert d["w"].shape == (40, 16) and d["z"].shape == (40, 16)
+    assert d["mask"].shape == (40, S, S) and d["mask"].max() < 19
+    assert d["sketch"].shape == (40, S, S) and set(np.unique(d["sketch"])) <= {0, 1}
+    for k in ("image_emb", "mask_emb", "sketch_emb", "coeff_emb"):
+        assert d[k].shape == (40, 32) and np.isfinite(d[k].astype(np.float32)).all()
+    assert np.allclose(np.linalg.norm(d["image_emb"].astype(np.float32), axis=1), 1, atol=1e-2)
+    assert np.abs(d["coeffs"]).max() <= 1
+    # the stored w really is G.mapping(z)
+    from mm2latent.models.stylegan2 import load_generator
+
+    G = load_generator(weights / "generator.safetensors")
+    assert np.allclose(G.mapping(torch.from_numpy(d["z"][:4])).numpy(), d["w"][:4], atol=1e-5)
+    # rerun skips finished chunks
+    chunk0 = mdata / "chunk-00000.npz"
+    t0 = chunk0.stat().st_mtime_ns
+    generate_mapping_data(mdata, num=40, weights=str(weights), chunk=16, seed=3)
+    assert chunk0.stat().st_mtime_ns == t0
+    # two shards together == one process
+    sh = tmp_path / "sh"
+    generate_mapping_data(sh, num=40, weights=str(weights), chunk=16, seed=3, shard=(1, 2))
+    with pytest.raises(UserError, match="incomplete"):
+        load_mapping_data(sh)
+    generate_mapping_data(sh, num=40, weights=str(weights), chunk=16, seed=3, shard=(0, 2))
+    d2 = load_mapping_data(sh)
+    for k in d:
+        assert np.array_equal(d[k], d2[k]), k
+    with pytest.raises(UserError, match="other settings"):
+        generate_mapping_data(sh, num=41, weights=str(weights), chunk=16, seed=3)
+    with pytest.raises(UserError):
+        generate_mapping_data(tmp_path / "x", num=4, weights=str(weights), shard=(2, 2))
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_mapping_training_learns_and_resumes_exactly(mdata, tmp_path):
+    data = load_mapping_data(mdata)
+    o = dict(data=str(mdata), batch=16, text_noise_std=0.05, ckpt_minutes=1e-9)
+    a = train_mapping(MappingTrainOptions(out=str(tmp_path / "a"), steps=12, **o))
+    first = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[0])
+    last = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[-1])
+    assert last["val_all_l1"] < first["val_all_l1"]
+    # interrupted after 6 steps (checkpoint written and read back), resumed for 6 more == 12 straight steps
+    from mm2latent.train import state as ckpt
+    from mm2latent.train.mapping import TRAIN_KIND, MappingTrainer
+
+    torch.manual_seed(123)
+    opts = MappingTrainOptions(out=str(tmp_path / "b"), steps=12, **o)
+    straight = MappingTrainer(opts, data)
+    for _ in range(12):
+        straight.train_step()
+    torch.manual_seed(123)
+    first_half = MappingTrainer(opts, data)
+    for _ in range(6):
+        first_half.train_step()
+    tensors, meta = first_half.state()
+    stem = ckpt.write_checkpoint(tmp_path / "b", first_half.step, tensors, meta, TRAIN_KIND)
+    torch.manual_seed(999)  # a new process starts from another RNG state
+    resumed = MappingTrainer(opts, data)
+    resumed.load_state(*ckpt.read_checkpoint(stem, TRAIN_KIND))
+    for _ in range(6):
+        resumed.train_step()
+    for (k, p), q in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(p, q), k
+    with pytest.raises(UserError, match="--resume"):
+        train_mapping(MappingTrainOptions(out=str(tmp_path / "a"), steps=12, **o))
+    meta = json.loads((tmp_path / "a" / "mapping_net.json").read_text())
+    assert meta["text_noise_std"] == 0.05 and meta["kind"] == "mapping_net"
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def test_pipeline_generate_is_deterministic_and_seeded(weights):
+    pipe = Pipeline.from_pretrained(weights)
+    a = pipe.generate(text="a smiling woman with blond hair", seed=1)
+    b = pipe.generate(text="a smiling woman with blond hair", seed=1)
+    c = pipe.generate(text="a smiling woman with blond hair", seed=2)
+    assert a.size == (S, S) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    batch = pipe.generate_batch(text="a smiling woman with blond hair", seeds=[1, 2])
+    assert np.abs(np.asarray(batch[0], np.int16) - np.asarray(a, np.int16)).max() <= 1
+    # every modality, alone and together
+    mask = np.zeros((S, S), np.uint8)
+    mask[8:24, 8:24] = 1
+    sketch = np.full((S, S), 255, np.uint8)
+    sketch[16, :] = 0
+    for kw in ({"mask": mask}, {"sketch": sketch}, {"coeffs": {"yaw": 10}},
+               {"text": "a man", "mask": PALETTE[mask], "sketch": sketch, "coeffs": [0.0] * 13}):
+        assert pipe.generate(**kw).size == (S, S)
+    # truncation 0 gives the mean face whatever the text
+    t0 = [np.asarray(pipe.generate(text=t, seed=0, truncation=0.0)) for t in ("a man", "a woman")]
+    assert np.array_equal(t0[0], t0[1])
+
+
+def test_pipeline_bad_inputs(weights, tmp_path):
+    pipe = Pipeline.from_pretrained(weights)
+    for kw, msg in (({}, "at least one"), ({"text": "   "}, "empty"), ({"text": 3}, "string"),
+                    ({"coeffs": {"yaw": float("nan")}}, "finite"), ({"coeffs": {"wink": 1}}, "unknown"),
+                    ({"coeffs": [1, 2]}, "expected 13"), ({"mask": np.full((S, S, 3), 7, np.uint8)}, "colour|color|palette"),
+                    ({"mask": np.full((S, S), 40)}, "0..18"), ({"sketch": np.zeros((S, S), np.uint8)}, "no lines"),
+                    ({"mask": np.zeros((4, 4), np.uint8)}, "too small"),
+                    ({"text": "a man", "truncation": 5.0}, "truncation")):
+        with pytest.raises(UserError, match=msg):
+            pipe.generate(**kw)
+    # out-of-range coefficients are clipped, not refused; text in another script still works
+    assert torch.allclose(prepare_coeffs({"yaw": 500}), prepare_coeffs({"yaw": 30}))
+    assert pipe.generate(text="улыбающаяся женщина 🙂").size == (S, S)
+    # an all-black "sketch" with white lines is read with the right polarity
+    inv = np.zeros((S, S), np.uint8)
+    inv[16, :] = 255
+    pos = np.full((S, S), 255, np.uint8)
+    pos[16, :] = 0
+    assert torch.equal(prepare_sketch(inv, S), prepare_sketch(pos, S))
+    # a colour mask file and an index mask file read the same
+    m = np.zeros((S, S), np.uint8)
+    m[4:20, 6:30] = 13
+    Image.fromarray(PALETTE[m]).save(tmp_path / "c.png")
+    Image.fromarray(m).save(tmp_path / "i.png")
+    assert torch.equal(prepare_mask(tmp_path / "c.png", S), prepare_mask(tmp_path / "i.png", S))
+    with pytest.raises(UserError, match="no generator weights"):
+        Pipeline.from_pretrained(tmp_path)
+
+
+def test_cli_generate(weights, tmp_path, capsys):
+    m = np.zeros((S, S), np.uint8)
+    m[4:28, 4:28] = 1
+    Image.fromarray(PALETTE[m]).save(tmp_path / "m.png")
+    out = tmp_path / "face.png"
+    assert main(["generate", "--text", "a man", "--mask", str(tmp_path / "m.png"), "--weights", str(weights),
+                 "--out", str(out)]) == 0
+    assert Image.open(out).size == (S, S)
+    assert main(["generate", "--text", "a man", "--num", "3", "--weights", str(weights), "--out",
+                 str(tmp_path / "many")]) == 0
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["grid.png", "seed0000.png", "seed0001.png",
+                                                                     "seed0002.png"]
+    capsys.readouterr()
+    before = (tmp_path / "m.png").read_bytes()
+    for argv in (["generate", "--out", str(out)],
+                 ["generate", "--text", "x", "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "m.png")],
+                 ["generate", "--text", "", "--weights", str(weights), "--out", str(tmp_path / "e.png")],
+                 ["generate", "--text", "x", "--mask", str(tmp_path / "nope.png"), "--out", str(out)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mm2latent: error:") and "\n" not in err
+    assert (tmp_path / "m.png").read_bytes() == before and not (tmp_path / "e.png").exists()
+
+
+def test_eval_generation_report(weights):
+    from mm2latent.eval.pipeline import evaluate_pipeline, fact_accuracy
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    import mm2latent.eval.pipeline as ep
+
+    names = ep.ATTRIBUTES[:2]
+    r = fact_accuracy(torch.nn.functional.pad(probs, (0, len(ep.ATTRIBUTES) - 2)),
+                      [{names[0]: True, names[1]: True}, {names[0]: False, names[1]: False}])
+    assert r["accuracy"] == 0.5 and r["facts"] == 4
+    pipe = Pipeline.from_pretrained(weights)
+    rep = evaluate_pipeline(pipe, num=3, batch=2, diversity_seeds=2)
+    assert 0 <= rep["text_fidelity"]["in_grammar"]["text"]["accuracy"] <= 1
+    assert 0 <= rep["mask_fidelity"]["text+mask_miou"] <= 1
+    assert set(rep["diversity"]) and all(v["embedding_distance"] >= 0 for v in rep["diversity"].values())

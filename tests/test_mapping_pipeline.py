@@ -47,6 +47,9 @@ def weights(tmp_path_factory) -> Path:
         save_module(build_model(kind, cfg), d / f"{kind}.safetensors")
     save_clip(_tiny_clip().eval(), d / "encoder.safetensors")
     save_generator(d / "generator", Generator(GCFG))
+    from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig
+
+    save_module(ImageEncoder(ImageEncoderConfig(size=S, z_dim=16, widths=[8, 16, 16])), d / "image_encoder.safetensors")
     data = tmp_path_factory.mktemp("mdata") / "d"
     generate_mapping_data(data, num=40, weights=str(d), chunk=16, seed=3)
     run = tmp_path_factory.mktemp("mrun")
@@ -282,3 +285,52 @@ def test_eval_generation_report(weights):
     assert 0 <= rep["text_fidelity"]["in_grammar"]["text"]["accuracy"] <= 1
     assert 0 <= rep["mask_fidelity"]["text+mask_miou"] <= 1
     assert set(rep["diversity"]) and all(v["embedding_distance"] >= 0 for v in rep["diversity"].values())
+
+
+# --------------------------------------------------------------------------- inversion and editing
+
+
+def test_invert_and_edit(weights):
+    pipe = Pipeline.from_pretrained(weights)
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    inv = pipe.invert(photo)
+    assert inv.ws.shape == (1, pipe.G.num_ws, 16) and inv.reconstruction.shape == (1, 3, S, S)
+    assert "centre-cropped 40x48" in inv.alignment and "resized" in inv.alignment
+    ref = pipe.invert(photo, refine_steps=15, lr=0.05)
+    assert ref.history[-1] < ref.history[0]
+    rec = np.asarray(pipe.reconstruct(photo))
+    # strength 0 leaves the inverted face unchanged, in both modes
+    for mode in ("delta", "blend"):
+        assert np.array_equal(np.asarray(pipe.edit(inv, text="a man", strength=0.0, mode=mode)), rec)
+    assert not np.array_equal(np.asarray(pipe.edit(inv, text="a man", mode="blend")), rec)
+    m = np.zeros((S, S), np.uint8)
+    m[4:28, 4:28] = 1
+    assert pipe.edit(inv, mask=m, strength=1.0).size == (S, S)
+    for kw, msg in (({}, "what to change"), ({"text": "x", "strength": 3.0}, "strength"),
+                    ({"text": "x", "mode": "swap"}, "mode")):
+        with pytest.raises(UserError, match=msg):
+            pipe.edit(inv, **kw)
+    with pytest.raises(UserError, match="too small"):
+        pipe.invert(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_cli_invert_and_edit(weights, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 64, 3), dtype=np.uint8)).convert("CMYK").save(
+        tmp_path / "photo.jpg")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (50, 64), dtype=np.uint8), "L").save(photo)
+    before = photo.read_bytes()
+    assert main(["invert", str(photo), "--out", str(tmp_path / "rec.png"), "--weights", str(weights)]) == 0
+    assert "centre-cropped 64x50" in capsys.readouterr().out
+    assert np.load(tmp_path / "rec.npy").shape[0] == 1
+    assert main(["edit", str(tmp_path / "photo.jpg"), "--text", "a woman with blond hair", "--weights", str(weights),
+                 "--out", str(tmp_path / "e.png")]) == 0
+    assert Image.open(tmp_path / "e.png").size == (S, S)
+    capsys.readouterr()
+    for argv in (["edit", str(photo), "--text", "x", "--out", str(photo)],
+                 ["edit", str(photo), "--out", str(tmp_path / "f.png"), "--weights", str(weights)],
+                 ["invert", str(tmp_path / "missing.png"), "--out", str(tmp_path / "g.png")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.startswith("mm2latent: error:")
+    assert photo.read_bytes() == before and not (tmp_path / "f.png").exists()

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from .controls import ControlEncoders
+from .editing import EditingMixin
 
 COMPONENT_FILES = {
     "generator": "generator.safetensors",
@@ -201,8 +202,8 @@ def check_text(text: Any) -> str:
 # ---------------------------------------------------------------------------- pipeline
 
 
-class Pipeline:
-    """Multimodal face generation with MappingNet (see module docstring)."""
+class Pipeline(EditingMixin):
+    """Multimodal face generation with MappingNet (see module docstring); editing in :mod:`.editing`."""
 
     def __init__(self, generator, controls: ControlEncoders, mapping_net, image_encoder=None,
                  text_noise_std: float = 0.0, info: dict | None = None):

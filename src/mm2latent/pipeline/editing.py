@@ -1,0 +1,179 @@
+"""Real-image editing: invert a photo into W+, then re-map it with changed controls.
+
+Inversion: the image encoder trained with the world generator gives
+``w = G.mapping(mu(x))`` in one pass (encoder-only); ``refine_steps`` > 0 then
+optimises the W+ code by Adam on pixel L1 + downsampled L2 with a pull towards
+the encoder's code (the regulariser keeps it editable).
+
+Editing (``Pipeline.edit``): the photo's own controls are read off it (parser
+mask, sketch, coefficients, image embedding); what the user gives replaces
+the corresponding control (a user mask also replaces the photo's sketch, with
+which it would conflict). MappingNet maps both the photo's controls and the
+edited controls; two ways to combine with the inverted code:
+
+* ``delta`` (default): w_edit = w_inv + strength * (M(edited) - M(photo)) --
+  the inverted code moves by the change MappingNet sees between the two sets
+  of controls, so what the user did not change stays as inverted;
+* ``blend``: w_edit = lerp(w_inv, M(edited), strength) -- replaces the code by
+  the mapped one (strength 1 = pure MappingNet output).
+
+``mm2latent eval editing`` measures which keeps more (docs/reports/editing_eval.json).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..common.errors import UserError
+
+EDIT_MODES = ("delta", "blend")
+
+
+@dataclass
+class Inversion:
+    ws: torch.Tensor            # (1, num_ws, w_dim)
+    image: torch.Tensor         # (1, 3, R, R) the aligned input in [-1, 1]
+    reconstruction: torch.Tensor
+    seconds: float
+    alignment: str
+    history: list[float] = field(default_factory=list)
+
+
+def align_photo(image: Any, size: int) -> tuple[torch.Tensor, str]:
+    """Any photo (path / PIL / uint8 array, any size or mode) -> (1, 3, size, size) in [-1, 1], and what was done."""
+    from PIL import Image
+
+    from ..common.imageio import image_to_tensor, load_image, resize_image, to_rgb
+
+    if isinstance(image, (str, os.PathLike)):
+        arr = load_image(image)
+    elif isinstance(image, Image.Image):
+        arr = np.asarray(to_rgb(image))
+    elif isinstance(image, torch.Tensor):
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise UserError("an image tensor must be (1, 3, H, W) in [-1, 1]")
+        arr = image[0].clamp(-1, 1).add(1).mul(127.5).round().byte().permute(1, 2, 0).numpy()
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint8:
+            raise UserError("an image array must be uint8 (H, W, 3) or (H, W, 4)")
+        arr = arr[..., :3]
+    h, w = arr.shape[:2]
+    if min(h, w) < 16:
+        raise UserError(f"image is too small ({w}x{h}); give at least 16x16 pixels")
+    s = min(h, w)
+    steps = []
+    if h != w:
+        steps.append(f"centre-cropped {w}x{h} to {s}x{s}")
+    if s != size:
+        steps.append(f"resized {s}x{s} to {size}x{size}")
+    note = ", ".join(steps) if steps else f"used as is ({size}x{size})"
+    return image_to_tensor(resize_image(arr, size))[None], note
+
+
+class EditingMixin:
+    """Inversion and editing on top of :class:`~mm2latent.pipeline.core.Pipeline`."""
+
+    def _need_inverter(self):
+        if self.image_encoder is None:
+            raise UserError("these weights have no image_encoder (image_encoder.safetensors); editing needs one")
+        return self.image_encoder
+
+    def invert(self, image: Any, refine_steps: int = 0, lr: float = 0.02, reg: float = 0.01) -> Inversion:
+        """Photo -> W+ code (encoder, then optional optimisation refinement)."""
+        if refine_steps < 0 or refine_steps > 5000:
+            raise UserError("refine steps must lie in 0..5000")
+        enc = self._need_inverter()
+        x, note = align_photo(image, self.resolution)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if enc.config.size != self.resolution:
+                xe = F.interpolate(x, size=(enc.config.size,) * 2, mode="bilinear", align_corners=False)
+            else:
+                xe = x
+            w0 = self.G.broadcast(self.G.mapping(enc(xe)[0]))
+        ws = w0.clone()
+        hist = []
+        if refine_steps:
+            ws.requires_grad_(True)
+            opt = torch.optim.Adam([ws], lr=lr)
+            small = F.avg_pool2d(x, 4)
+            for _ in range(refine_steps):
+                y = self.G.synthesis(ws, noise_mode="const")
+                loss = (y - x).abs().mean() + F.mse_loss(F.avg_pool2d(y, 4), small) + reg * (ws - w0).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                hist.append(loss.item())
+            ws = ws.detach()
+        with torch.no_grad():
+            rec = self.G.synthesis(ws, noise_mode="const")
+        return Inversion(ws, x, rec, time.perf_counter() - t0, note, hist)
+
+    def reconstruct(self, image: Any, refine_steps: int = 0):
+        from .core import to_pil
+
+        return to_pil(self.invert(image, refine_steps).reconstruction)[0]
+
+    @torch.no_grad()
+    def photo_controls(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The controls read off an aligned photo (see ControlEncoders.derive)."""
+        return self.controls.derive(x)
+
+    @torch.no_grad()
+    def edit_latent(self, inv: Inversion, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,
+                    mode: str = "delta", controls: dict | None = None) -> torch.Tensor:
+        from .core import check_text, prepare_coeffs, prepare_mask, prepare_sketch
+
+        if mode not in EDIT_MODES:
+            raise UserError(f"edit mode must be one of {', '.join(EDIT_MODES)}")
+        if not (np.isfinite(strength) and 0.0 <= strength <= 2.0):
+            raise UserError("strength must lie in [0, 2]")
+        if text is None and mask is None and sketch is None and coeffs is None:
+            raise UserError("say what to change: give text, a mask, a sketch or coefficients")
+        c = self.controls
+        own = controls if controls is not None else self.photo_controls(inv.reconstruction)
+        mods = self.mapping.modalities
+        base = {"text": own["image_emb"], "mask": c.embed_mask(own["mask"]), "sketch": c.embed_sketch(own["sketch"]),
+                "coeffs": c.embed_coeffs(own["coeffs"])}
+        base = {m: v for m, v in base.items() if m in mods}
+        new = dict(base)
+        if text is not None:
+            new["text"] = c.embed_text([check_text(text)])
+        if mask is not None:
+            new["mask"] = c.embed_mask(prepare_mask(mask, c.mask_size))
+            if sketch is None and "sketch" in new:
+                new["sketch"] = None  # the photo's edges would contradict the new mask
+                base_for_delta = dict(base, sketch=None)
+            else:
+                base_for_delta = base
+        else:
+            base_for_delta = base
+        if sketch is not None:
+            new["sketch"] = c.embed_sketch(prepare_sketch(sketch, c.sketch_size))
+        if coeffs is not None:
+            new["coeffs"] = c.embed_coeffs(prepare_coeffs(coeffs))
+        w_new = self.G.broadcast(self.mapping(new, batch=1))
+        if mode == "blend":
+            return inv.ws.lerp(w_new, float(strength))
+        w_old = self.G.broadcast(self.mapping(base_for_delta, batch=1))
+        return inv.ws + float(strength) * (w_new - w_old)
+
+    def edit(self, image: Any, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,
+             mode: str = "delta", refine_steps: int = 0):
+        """Edited photo (PIL). ``image`` may also be an :class:`Inversion` from :meth:`invert`."""
+        from .core import to_pil
+
+        inv = image if isinstance(image, Inversion) else self.invert(image, refine_steps)
+        ws = self.edit_latent(inv, text, mask, sketch, coeffs, strength, mode)
+        with torch.no_grad():
+            return to_pil(self.G.synthesis(ws, noise_mode="const"))[0]

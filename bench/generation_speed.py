@@ -1,0 +1,105 @@
+"""One-pass MM2Latent generation against TediGAN-style latent optimisation, in one run.
+
+On the same held-out world faces (text + mask from the test split) it times,
+at the same batch size and thread count:
+
+* the generator alone (mapping + synthesis of a given w): the floor of any
+  StyleGAN method;
+* the full pipeline (text + mask embedding, MappingNet, synthesis);
+* latent optimisation (eval.baselines.optimise_latents) for each --steps value;
+
+and reports seconds per image, the ratio baseline / pipeline, the pipeline's
+overhead over the generator floor, and each method's text fidelity (caption
+facts confirmed by the attribute classifier) and mask mIoU.
+
+    .venv/bin/python bench/generation_speed.py --num 16 --batch 8 --steps 100 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from mm2latent.eval.baselines import OptimisationConfig, optimise_latents  # noqa: E402
+from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
+from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
+from mm2latent.pipeline import Pipeline  # noqa: E402
+
+
+def fidelity(pipe, x, data):
+    d = pipe.controls.derive(x)
+    return {"text_fidelity": round(fact_accuracy(d["attributes"], data["facts"])["accuracy"], 3),
+            "mask_miou": round(mean_iou(confusion_matrix(d["mask"], data["mask"])), 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--num", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, nargs="+", default=[100])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    pipe = Pipeline.from_pretrained(a.weights)
+    data = render_test(a.num, pipe.resolution)
+    n, bsz = a.num, a.batch
+    res = {"num": n, "batch": bsz, "threads": torch.get_num_threads()}
+
+    def batches():
+        for i in range(0, n, bsz):
+            yield slice(i, min(n, i + bsz))
+
+    with torch.no_grad():  # warm-up
+        pipe.G.synthesis(pipe.G.broadcast(pipe.G.w_avg[None].expand(bsz, -1)), noise_mode="const")
+    # generator floor: synthesis from ready-made w
+    t = time.perf_counter()
+    with torch.no_grad():
+        for sl in batches():
+            w = pipe.G.w_avg[None].expand(sl.stop - sl.start, -1)
+            pipe.G.synthesis(pipe.G.broadcast(w), noise_mode="const")
+    res["generator_s_per_image"] = (time.perf_counter() - t) / n
+    # full pipeline: embed text + mask, map, synthesise
+    outs = []
+    t = time.perf_counter()
+    with torch.no_grad():
+        for sl in batches():
+            c = pipe.controls
+            emb = {m: None for m in pipe.mapping.modalities}
+            emb["text"] = c.embed_text(data["caption"][sl])
+            emb["mask"] = c.embed_mask(data["mask"][sl])
+            seeds = list(range(sl.start, sl.stop))
+            outs.append(pipe.synthesize(pipe.latents(emb, seeds), None))
+    res["mm2latent_s_per_image"] = (time.perf_counter() - t) / n
+    res["mm2latent"] = fidelity(pipe, torch.cat(outs), data)
+    res["pipeline_over_generator_floor"] = res["mm2latent_s_per_image"] / res["generator_s_per_image"]
+    for steps in a.steps:
+        outs = []
+        t = time.perf_counter()
+        for sl in batches():
+            te = pipe.controls.embed_text(data["caption"][sl])
+            ws, _ = optimise_latents(pipe, te, data["mask"][sl], OptimisationConfig(steps=steps))
+            with torch.no_grad():
+                outs.append(pipe.G.synthesis(ws, noise_mode="const"))
+        key = f"optimisation_{steps}"
+        res[key + "_s_per_image"] = (time.perf_counter() - t) / n
+        res[key] = fidelity(pipe, torch.cat(outs), data)
+        res[key + "_over_mm2latent"] = res[key + "_s_per_image"] / res["mm2latent_s_per_image"]
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

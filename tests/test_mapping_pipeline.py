@@ -13,49 +13,19 @@ from PIL import Image
 from mm2latent.cli.main import main
 from mm2latent.common.errors import UserError
 from mm2latent.common.palette import PALETTE
-from mm2latent.models.clip import CLIP, CLIPConfig, save_clip
 from mm2latent.models.mapping import MappingNet, MappingNetConfig, w_loss
-from mm2latent.models.stylegan2 import Generator, StyleGAN2Config, save_generator
-from mm2latent.perception import build_model, save_module
 from mm2latent.pipeline import Pipeline, prepare_coeffs, prepare_mask, prepare_sketch
 from mm2latent.train.mapping import MappingTrainOptions, pseudo_text, train_mapping
 from mm2latent.train.mapping_data import generate_mapping_data, load_mapping_data
 
-S = 32
-TINY = {
-    "parser": {"base": 4, "depth": 3, "max_width": 16, "size": S},
-    "analyzer": {"stem": 8, "widths": [16, 16], "hidden": 32, "size": S},
-    "mask_ae": {"base": 4, "max_width": 16, "latent_dim": 32, "bottom": 4, "size": S},
-    "sketch_ae": {"base": 4, "max_width": 16, "latent_dim": 32, "bottom": 4, "size": S},
-    "coeff_ae": {"hidden": 16, "latent_dim": 32},
-}
-GCFG = StyleGAN2Config(resolution=S, z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8})
-
-
-def _tiny_clip() -> CLIP:
-    return CLIP(CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
-                           context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1,
-                           transformer_layers=1))
+from helpers import S, build_tiny_weights
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     """A complete weights directory of tiny random models, plus MappingNet data and a trained MappingNet."""
-    d = tmp_path_factory.mktemp("weights")
-    torch.manual_seed(0)
-    for kind, cfg in TINY.items():
-        save_module(build_model(kind, cfg), d / f"{kind}.safetensors")
-    save_clip(_tiny_clip().eval(), d / "encoder.safetensors")
-    save_generator(d / "generator", Generator(GCFG))
-    from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig
-
-    save_module(ImageEncoder(ImageEncoderConfig(size=S, z_dim=16, widths=[8, 16, 16])), d / "image_encoder.safetensors")
-    data = tmp_path_factory.mktemp("mdata") / "d"
-    generate_mapping_data(data, num=40, weights=str(d), chunk=16, seed=3)
-    run = tmp_path_factory.mktemp("mrun")
-    train_mapping(MappingTrainOptions(data=str(data), out=str(run), steps=30, batch=16, text_noise_std=0.05),
-                  export_to=str(d / "mapping_net.safetensors"))
-    return d
+    return build_tiny_weights(tmp_path_factory.mktemp("weights"), tmp_path_factory.mktemp("mdata") / "d",
+                              tmp_path_factory.mktemp("mrun"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Sequence
 from ..common.errors import UserError
 
 #: command modules, imported lazily so ``mm2latent --help`` stays fast
-COMMAND_MODULES = ("generate", "invert_edit", "world", "sample", "convert", "train", "mapping", "perception", "eval")
+COMMAND_MODULES = ("generate", "invert_edit", "serve", "world", "sample", "convert", "train", "mapping", "perception", "eval")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,221 @@
+"""The web page: callbacks in Python, then the real page in Debian's chromium (playwright).
+
+Browser tests are marked ``browser``; they skip when gradio/playwright/chromium
+are missing unless MM2LATENT_REQUIRE_BROWSER=1 (set by CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mm2latent.common.errors import UserError
+from mm2latent.common.palette import CLASS_NAMES, PALETTE
+
+gradio = pytest.importorskip("gradio") if not os.environ.get("MM2LATENT_REQUIRE_BROWSER") else __import__("gradio")
+from mm2latent.app.server import App, check_upload, editor_mask, sketch_lines, snap_to_palette  # noqa: E402
+
+SHIPPED = Path(os.environ.get("MM2LATENT_WEB_WEIGHTS") or Path(__file__).resolve().parents[1] / "src" / "mm2latent" / "weights")
+HAIR = CLASS_NAMES.index("hair")
+
+
+def test_snap_to_palette_and_editor_values():
+    m = np.zeros((6, 6), np.uint8)
+    m[2:4, 1:5] = HAIR
+    rgb = PALETTE[m].astype(np.int16)
+    rgb[2, 1] += 9  # brush antialiasing: near, not equal, to the palette colour
+    assert np.array_equal(snap_to_palette(np.clip(rgb, 0, 255).astype(np.uint8)), m)
+    rgba = np.concatenate([PALETTE[m], np.full((6, 6, 1), 255, np.uint8)], -1)
+    rgba[0, 0, 3] = 0
+    assert snap_to_palette(rgba)[0, 0] == 0
+    assert np.array_equal(editor_mask({"composite": PALETTE[m], "background": None, "layers": []}), m)
+    assert editor_mask(None) is None and editor_mask({"composite": None}) is None
+    blank = np.zeros((8, 8, 4), np.uint8)  # transparent sketchpad
+    assert sketch_lines({"composite": blank}) is None
+    blank[3, :, 3] = 255  # one black opaque line
+    s = sketch_lines({"composite": blank})
+    assert s[3].max() < 128 and s[0].min() > 200
+    with pytest.raises(UserError):
+        check_upload(None)
+    assert check_upload(np.zeros((20, 30), np.uint8)).shape == (20, 30, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Reuse the tiny weights builder of the pipeline tests."""
+    from helpers import build_tiny_weights
+
+    return build_tiny_weights(tmp_path_factory.mktemp("w"))
+
+
+def test_app_callbacks(tiny_weights, tmp_path):
+    from mm2latent.pipeline import Pipeline
+
+    app = App(Pipeline.from_pretrained(tiny_weights), out_dir=tmp_path)
+    ed = app.template("bald")
+    assert ed["background"].shape == (384, 384, 3)
+    img, parsed, status, files = app.generate("a man", True, ed, True, None, False, {"yaw": 5.0}, True, 3, 1.0)
+    assert img.size[0] == img.size[1] and parsed.ndim == 3 and "text, mask, coeffs" in status
+    assert {Path(f).suffix for f in files} == {".png", ".npy"} and len(files) == 4
+    with pytest.raises(UserError, match="nothing to generate"):
+        app.generate("  ", True, None, True, None, False, None, False, 0, 1.0)
+    with pytest.raises(UserError, match="generate a face first"):
+        app.template("from current result", None)
+    assert app.template("from current result", img)["background"].shape == (384, 384, 3)
+    rec, ed2, st, inv = app.load_photo(np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8))
+    assert "centre-cropped" in st
+    out, out_mask, st2, files2 = app.edit(inv, "a woman", ed2, True, 1.0, "delta")
+    assert out.size == rec.size and len(files2) == 3
+    with pytest.raises(UserError):
+        app.edit(None, "x", None, False, 1.0, "delta")
+
+
+# --------------------------------------------------------------------------- real browser
+
+
+def _browser_ready() -> str | None:
+    if not shutil.which("chromium"):
+        return "Debian's chromium is not installed"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed"
+    if not (SHIPPED / "mapping_net.safetensors").exists():
+        return "no shipped weights"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    why = _browser_ready()
+    if why:
+        if os.environ.get("MM2LATENT_REQUIRE_BROWSER"):
+            pytest.fail(f"browser tests required but {why}")
+        pytest.skip(why)
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mm2latent.cli.main", "serve", "--port", str(port),
+                             "--weights", str(SHIPPED)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    import urllib.request
+
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(proc.stdout.read().decode()[-2000:])
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1500})
+        outside = []
+        pg.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server, "blob:", "data:")) else None)
+        pg.goto(server, wait_until="load")
+        pg.wait_for_selector("#mask-editor canvas", timeout=60000)
+        pg.outside_requests = outside
+        yield pg
+        browser.close()
+
+
+def _fetch_image(pg, selector: str) -> np.ndarray:
+    src = pg.locator(f"{selector} img").first.get_attribute("src")
+    data = pg.request.get(src).body() if not src.startswith("data:") else __import__("base64").b64decode(src.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+@pytest.mark.browser
+def test_generate_tab_paint_hair(page, tmp_path):
+    pg = page
+    pg.fill("#prompt textarea", "a young woman with black hair")
+    pg.locator("#template input").click()
+    pg.get_by_role("option", name="bald").click()
+    pg.wait_for_timeout(1500)
+    pg.locator("#paint-class label", has_text="hair").first.click()
+    pg.wait_for_timeout(500)
+    pg.locator("#mask-editor button[aria-label='Brush']").click()
+    box = pg.locator("#mask-editor canvas").first.bounding_box()
+    zoom_text = pg.locator("#mask-editor").inner_text()
+    zoom = next((float(t[:-1]) / 100 for t in zoom_text.split() if t.endswith("%")), 1.0)
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    def to_screen(u, v):  # canvas pixel (of 384) -> page coordinates
+        return cx + (u - 192) * zoom, cy + (v - 192) * zoom
+
+    rows = range(52, 84, 6)  # a band of hair across the top of the bald head
+    for v in rows:
+        pg.mouse.move(*to_screen(135, v))
+        pg.mouse.down()
+        for u in range(135, 250, 10):
+            pg.mouse.move(*to_screen(u, v), steps=2)
+        pg.mouse.up()
+    pg.click("#generate-button")
+    pg.wait_for_function("document.querySelector('#status') && document.querySelector('#status').innerText.includes('generated')",
+                         timeout=120000)
+    status = pg.locator("#status").inner_text()
+    assert "text, mask" in status and " ms" in status
+    result = _fetch_image(pg, "#result")
+    parsed = _fetch_image(pg, "#result-mask")
+    assert result.shape[0] == result.shape[1] >= 64 and result.std() > 5
+    # the painted band is hair in the parsed mask of the result
+    s = parsed.shape[0] / 384
+    band = parsed[int(56 * s):int(82 * s), int(140 * s):int(245 * s)].reshape(-1, 3).astype(int)
+    hair = (np.abs(band - PALETTE[HAIR]).sum(1) < 30).mean()
+    pg.screenshot(path=str(tmp_path / "generate.png"), full_page=True)
+    if os.environ.get("MM2LATENT_SCREENSHOTS"):
+        pg.screenshot(path=os.environ["MM2LATENT_SCREENSHOTS"] + "/web_generate.png", full_page=True)
+    assert hair > 0.5, f"only {hair:.0%} of the painted band is parsed as hair"
+    cheeks = parsed[int(200 * s):int(250 * s), int(150 * s):int(230 * s)].reshape(-1, 3).astype(int)
+    assert (np.abs(cheeks - PALETTE[HAIR]).sum(1) < 30).mean() < 0.5, "hair everywhere, not where painted"
+    assert not pg.outside_requests, pg.outside_requests[:3]
+
+
+@pytest.mark.browser
+def test_edit_tab_upload_and_edit(page, tmp_path):
+    pg = page
+    pg.get_by_role("tab", name="Edit a photo").click()
+    photo = Path(__file__).resolve().parents[1] / "examples" / "photo_world.png"
+    pg.locator("#photo input[type=file]").set_input_files(str(photo))
+    pg.wait_for_function("document.querySelector('#edit-status') && document.querySelector('#edit-status').innerText.includes('inverted')",
+                         timeout=120000)
+    pg.fill("#edit-prompt textarea", "a smiling woman with blond hair")
+    pg.click("#edit-button")
+    pg.wait_for_function("document.querySelector('#edit-status').innerText.includes('edited')", timeout=120000)
+    edited = _fetch_image(pg, "#edited")
+    rec = _fetch_image(pg, "#reconstruction")
+    assert edited.shape == rec.shape and np.abs(edited.astype(int) - rec.astype(int)).mean() > 1
+    if os.environ.get("MM2LATENT_SCREENSHOTS"):
+        pg.screenshot(path=os.environ["MM2LATENT_SCREENSHOTS"] + "/web_edit.png", full_page=True)
+    # a bad upload is a message in the page, not a crash
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    pg.locator("#photo input[type=file]").set_input_files(str(bad))
+    pg.wait_for_timeout(3000)
+    assert pg.locator("#edit-button").is_visible()

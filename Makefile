@@ -4,13 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup browser demo test clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 resolves to the CPU wheel on this platform; never pulls torchvision
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,web]'
 	# CLIP's BPE merges file ships in clip-anytorch; --no-deps keeps torchvision out.
 	# The package is only read as data (never imported).
 	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
@@ -18,12 +18,18 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/mm2latent world render --num 16 --seed 0 --out out/world
-	$(BIN)/mm2latent world sheet --num 16 --seed 0 --out out/world_sheet.png
+# Debian's chromium for the browser tests of the web page (playwright drives it).
+browser:
+	@command -v chromium >/dev/null || (apt-get install -y -q chromium >/dev/null || \
+		(apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null))
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The main job: a face from text + a mask with the shipped weights (and 4 seeds as a grid).
+demo: $(STAMP)
+	$(BIN)/mm2latent generate --text "a smiling woman with blond hair" --mask examples/mask_long_hair.png --out out/face.png
+	$(BIN)/mm2latent generate --text "a smiling woman with blond hair" --mask examples/mask_long_hair.png --num 4 --out out/seeds
+
+test: $(STAMP) browser
+	MM2LATENT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) out

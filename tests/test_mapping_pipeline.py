@@ -304,3 +304,25 @@ def test_cli_invert_and_edit(weights, tmp_path, capsys):
         assert main(argv) == 2
         assert capsys.readouterr().err.startswith("mm2latent: error:")
     assert photo.read_bytes() == before and not (tmp_path / "f.png").exists()
+
+
+def test_psnr_ssim_known_cases():
+    from mm2latent.eval.editing import psnr, ssim
+
+    x = torch.rand(2, 3, 24, 24) * 2 - 1
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
+    assert psnr(x, x).min() > 100
+    y = x + 0.2  # MSE 0.04 on a peak-to-peak range of 2 -> 10 log10(4 / 0.04) = 20 dB
+    assert torch.allclose(psnr(y, x), torch.full((2,), 20.0), atol=1e-3)
+    assert (ssim(x, torch.rand(2, 3, 24, 24) * 2 - 1) < 0.2).all()
+
+
+def test_eval_editing_report(weights, capsys):
+    from mm2latent.eval.editing import evaluate_editing
+
+    rep = evaluate_editing(Pipeline.from_pretrained(weights), num=3, refine_steps=2, refine_num=1)
+    assert rep["inversion"]["encoder"]["psnr"] > 0 and 0 <= rep["inversion"]["encoder"]["ssim"] <= 1
+    for mode in ("delta", "blend"):
+        assert 0 <= rep["mask_edits"][mode]["miou_with_edited_mask"] <= 1
+    assert main(["eval", "editing", "--weights", str(weights), "--num", "2", "--refine", "1", "--refine-num", "1"]) == 0
+    assert '"inversion"' in capsys.readouterr().out

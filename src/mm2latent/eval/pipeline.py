@@ -38,10 +38,14 @@ DIVERSITY_PROMPTS = ("a smiling woman with blond hair", "a man with black hair a
 
 
 def render_test(num: int, size: int, split: str = "test") -> dict[str, Any]:
-    """Renders, masks, sketches, coefficients and one in-grammar + one held-out caption per face."""
+    """Renders, masks, sketches, coefficients and one in-grammar + one held-out caption per face
+    (at ``size``, or the smallest size the renderer draws if it does not draw that one)."""
     from ..common.imageio import image_to_tensor
+    from ..world.render import SUPPORTED_SIZES
     from ..world.sample import make_sample
 
+    if size not in SUPPORTED_SIZES:
+        size = min([s for s in SUPPORTED_SIZES if s >= size] or [max(SUPPORTED_SIZES)])
     seed = SPLIT_SEEDS[split]
     out: dict[str, list] = {k: [] for k in ("image", "mask", "sketch", "coeffs", "caption", "facts",
                                             "caption_heldout", "facts_heldout")}
@@ -100,10 +104,7 @@ def _batched_embeddings(pipe, data, idx: slice, use: tuple[str, ...], caption_ke
 @torch.no_grad()
 def evaluate_pipeline(pipe, num: int = 200, batch: int = 25, truncation: float = 1.0, seed: int = 0,
                       data: dict | None = None, diversity_seeds: int = 8) -> dict[str, Any]:
-    from ..world.render import SUPPORTED_SIZES
-
-    size = pipe.resolution if pipe.resolution in SUPPORTED_SIZES else min(SUPPORTED_SIZES)
-    data = data if data is not None else render_test(num, size)
+    data = data if data is not None else render_test(num, pipe.resolution)
     n = len(data["caption"])
     c = pipe.controls
     settings = {

@@ -78,7 +78,9 @@ class GeneratorAEOptions:
     threads: int | None = None
     resume: bool = False
 
-    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "sample_every", "threads", "resume", "data")
+    #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
+    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "sample_every", "threads", "resume", "data",
+                 "adv_start", "adv_weight")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -302,10 +304,18 @@ def train_generator_ae(opts: GeneratorAEOptions, data=None) -> GeneratorAETraine
         ckpt.write_checkpoint(run_dir, tr.step, tensors, meta, TRAIN_KIND)
         export(tr, run_dir)
 
+    import signal
+    import threading
+
+    stop = {"flag": False}
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, checkpoint, exit
+            old[sig] = signal.signal(sig, lambda *_: stop.update(flag=True))
     bar = progress(total=opts.steps, initial=tr.step, desc="generator-ae", unit="step")
     t_last, t_ckpt = time.monotonic(), time.monotonic()
     try:
-        while not done():
+        while not done() and not stop["flag"]:
             stats = tr.train_step()
             now = time.monotonic()
             tr.elapsed += now - t_last
@@ -325,6 +335,8 @@ def train_generator_ae(opts: GeneratorAEOptions, data=None) -> GeneratorAETraine
                 t_ckpt, t_last = time.monotonic(), time.monotonic()
     finally:
         bar.close()
+        for sig, h in old.items():
+            signal.signal(sig, h)
     save()
     print(f"step {tr.step} ({tr.nimg / 1000:.1f} kimg, {tr.elapsed / 60:.1f} min); "
           f"generator: {run_dir / 'generator.safetensors'}", file=sys.stderr)

@@ -326,3 +326,22 @@ def test_eval_editing_report(weights, capsys):
         assert 0 <= rep["mask_edits"][mode]["miou_with_edited_mask"] <= 1
     assert main(["eval", "editing", "--weights", str(weights), "--num", "2", "--refine", "1", "--refine-num", "1"]) == 0
     assert '"inversion"' in capsys.readouterr().out
+
+
+def test_full_report_runs_and_resumes(weights, tmp_path, capsys):
+    out = tmp_path / "rep"
+    argv = ["eval", "--out", str(out), "--num", "10", "--weights", str(weights), "--opt-steps", "2", "--bank", "12",
+            "--ablation", f"same={weights / 'mapping_net.safetensors'}"]
+    assert main(argv) == 0
+    rep = json.loads((out / "report.json").read_text())
+    rows = rep["rows"]
+    assert {"mm2latent/text+mask", "optimisation-2/text+mask", "retrieval/text+mask", "ablation/same/text"} <= set(rows)
+    assert all(0 <= r["text_fidelity"] <= 1 for r in rows.values())
+    assert "mask_miou" in rows["mm2latent/text+mask"] and "sketch_fscore" in rows["mm2latent/text+sketch"]
+    assert (out / "grid.png").exists() and (out / "bars.png").exists() and "| method |" in (out / "report.md").read_text()
+    # resumable: cached methods are not recomputed
+    cached = sorted(p.name for p in (out / "cache").glob("*.safetensors"))
+    stamp = {p: (out / "cache" / p).stat().st_mtime_ns for p in cached}
+    assert main(argv) == 0
+    assert all((out / "cache" / p).stat().st_mtime_ns == t for p, t in stamp.items())
+    capsys.readouterr()

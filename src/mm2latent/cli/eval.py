@@ -9,7 +9,18 @@ def register(sub) -> None:
     from .encoder import add_eval_encoder
     from .perception import register_eval_subcommands
 
-    e = sub.add_parser("eval", help="evaluation protocols (encoder, perception)", description="Evaluate models.")
+    e = sub.add_parser("eval", help="the evaluation protocol (all methods) or one part of it",
+                       description="Without a TARGET: the full protocol of DESIGN.md section 4 on the held-out "
+                       "world split, every method in one run, written to --out DIR (report.json, report.md, "
+                       "grid.png, bars.png; resumable). With a TARGET: one part.")
+    e.add_argument("--out", default=None, help="report directory (full protocol)")
+    e.add_argument("--num", type=int, default=200, help="held-out faces (full protocol, default 200)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--weights", default=None, help="weights directory (default shipped)")
+    e.add_argument("--opt-steps", type=int, nargs="+", default=[100], help="optimisation-baseline steps")
+    e.add_argument("--ablation", action="append", default=[], metavar="NAME=MAPPING_NET.safetensors",
+                   help="extra MappingNet to compare (repeatable)")
+    e.add_argument("--bank", type=int, default=2000, help="training renders for the retrieval floor")
     esub = e.add_subparsers(dest="eval_target", metavar="TARGET", parser_class=type(e))
     add_eval_encoder(esub)
     register_eval_subcommands(esub)
@@ -80,4 +91,33 @@ def _eval_generation(a) -> int:
 
 
 def _need_target(args) -> int:
+    if args.out:
+        return _full_report(args)
     raise UserError("choose what to evaluate: mm2latent eval {encoder,perception,generation,editing} ... (see --help)")
+
+
+def _full_report(a) -> int:
+    from pathlib import Path
+
+    from ..common.fileio import check_writable_dir
+    from ..eval.report import run_report
+    from ..perception import load_module_file
+    from ..pipeline import Pipeline
+
+    if a.num < 10:
+        raise UserError("--num must be at least 10")
+    check_writable_dir(a.out)
+    pipe = Pipeline.from_pretrained(a.weights)
+    ablations = {}
+    for spec in a.ablation:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            raise UserError(f"--ablation wants NAME=FILE, got {spec!r}")
+        import json
+
+        net = load_module_file(path, "mapping_net")
+        std = json.loads(Path(path).with_suffix(".json").read_text()).get("text_noise_std", 0.0)
+        ablations[name] = Pipeline(pipe.G, pipe.controls, net, None, text_noise_std=std)
+    rep = run_report(pipe, a.out, a.num, a.seed, tuple(a.opt_steps), ablations, a.bank)
+    print((Path(a.out) / "report.md").read_text())
+    return 0

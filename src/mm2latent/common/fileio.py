@@ -36,9 +36,19 @@ def check_writable_dir(directory: str | os.PathLike, create: bool = True) -> Pat
             d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create output directory {d}: {e.strerror or e}") from None
-    if not os.access(d, os.W_OK | os.X_OK):
+    if not os.access(d, os.W_OK | os.X_OK) or not _can_create_in(d):
         raise UserError(f"output directory {d} is not writable")
     return d
+
+
+def _can_create_in(d: Path) -> bool:
+    """Really try (permission bits say nothing for root or on read-only file systems)."""
+    try:
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError:
+        return False
+    return True
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
@@ -49,7 +59,7 @@ def check_output_file(path: str | os.PathLike) -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"output directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
         raise UserError(f"output directory {parent} is not writable")
     return p
 

@@ -345,3 +345,39 @@ def test_full_report_runs_and_resumes(weights, tmp_path, capsys):
     assert main(argv) == 0
     assert all((out / "cache" / p).stat().st_mtime_ns == t for p, t in stamp.items())
     capsys.readouterr()
+
+
+def test_mapping_data_from_the_posterior(weights, tmp_path):
+    from mm2latent.perception import load_module_file
+    from mm2latent.train.mapping_data import chunk_z
+    from mm2latent.world.attributes import ATTRIBUTES
+    from mm2latent.world.cache import CachedWorldDataset
+    from mm2latent.world.params import COEFF_NAMES
+    from mm2latent.world.sample import make_sample
+
+    root = tmp_path / "cache"
+    root.mkdir()
+    ss = [make_sample(0, i, 64, n_captions=0, n_heldout=0) for i in range(5)]
+    np.save(root / "images.npy", np.stack([s.image for s in ss]))
+    np.save(root / "masks.npy", np.stack([s.mask for s in ss]).astype(np.uint8))
+    np.save(root / "sketches.npy", np.stack([(s.sketch < 128) for s in ss]).astype(np.uint8))
+    np.save(root / "attributes.npy", np.stack([s.params.attr_vector() for s in ss]).astype(np.uint8))
+    np.save(root / "coeffs.npy", np.stack([s.params.coeff_vector() for s in ss]).astype(np.float32))
+    (root / "captions.json").write_text(json.dumps([[] for _ in ss]))
+    (root / "meta.json").write_text(json.dumps({"split": "train", "seed": 0, "size": 64, "num": 5,
+                                                "attributes": list(ATTRIBUTES), "coeffs": list(COEFF_NAMES)}))
+    out = tmp_path / "post"
+    generate_mapping_data(out, num=7, weights=str(weights), chunk=3, seed=5, source="posterior", renders=str(root))
+    d = load_mapping_data(out)
+    enc = load_module_file(weights / "image_encoder.safetensors", "image_encoder")
+    x = CachedWorldDataset(root).batch([6 % 5])["image"]  # sample 6 encodes render 1
+    x = torch.nn.functional.interpolate(x, size=(S, S), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        mu, lv = enc(x)
+    want = mu + chunk_z(5, 6, 7, mu.shape[1]) * (0.5 * lv).exp()
+    assert np.allclose(d["z"][6], want[0].numpy(), atol=1e-5)
+    assert json.loads((out / "meta.json").read_text())["source"] == "posterior"
+    with pytest.raises(UserError, match="renders"):
+        generate_mapping_data(tmp_path / "p2", num=4, weights=str(weights), source="posterior")
+    with pytest.raises(UserError, match="other settings"):
+        generate_mapping_data(out, num=7, weights=str(weights), chunk=3, seed=5)

@@ -76,6 +76,9 @@ def register(sub) -> None:
     p.add_argument("--truncation", type=float, default=1.0)
     p.add_argument("--chunk", type=positive_int, default=256)
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N")
+    p.add_argument("--source", default="prior", choices=("prior", "posterior"),
+                   help="z from N(0, I), or from the image encoder's posterior over --renders")
+    p.add_argument("--renders", default=None, metavar="CACHE_DIR", help="world cache for --source posterior")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=_mapping_data)
 
@@ -93,7 +96,8 @@ def _mapping_data(a) -> int:
     _threads(a.threads)
     if not 0 <= a.truncation <= 2:
         raise UserError("--truncation must lie in [0, 2]")
-    out = generate_mapping_data(a.out, a.num, a.weights, a.seed, a.truncation, a.chunk, a.shard)
+    out = generate_mapping_data(a.out, a.num, a.weights, a.seed, a.truncation, a.chunk, a.shard,
+                                source=a.source, renders=a.renders)
     print(f"mapping data (shard {a.shard[0]}/{a.shard[1]}) in {out}")
     return 0
 

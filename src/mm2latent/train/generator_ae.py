@@ -80,7 +80,7 @@ class GeneratorAEOptions:
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "sample_every", "threads", "resume", "data",
-                 "adv_start", "adv_weight")
+                 "adv_start", "adv_weight", "seg_weight", "kl_weight")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:

@@ -1,9 +1,18 @@
 """MappingNet's training set, derived from the generator itself (no captions).
 
-For sample i: z_i ~ N(0, I) from a generator keyed by (seed, i), w_i =
-G.mapping(z_i, psi), x_i = G.synthesis(w_i) with constant noise; then the
-perception stack reads x_i's controls and the encoders embed them
+For sample i: z_i from a generator keyed by (seed, i), w_i = G.mapping(z_i, psi),
+x_i = G.synthesis(w_i) with constant noise; then the perception stack reads
+x_i's controls and the encoders embed them
 (:class:`~mm2latent.pipeline.controls.ControlEncoders`).
+
+Where z comes from (``source``):
+
+* ``prior``: z_i ~ N(0, I), as for a GAN-trained StyleGAN2;
+* ``posterior``: z_i ~ q(z | r_i), the image encoder's Gaussian for world render
+  r_i of a cache (``renders``; i modulo its size). For the autoencoding world
+  generator this is its aggregate posterior -- the region of z it was trained
+  to decode -- so the images MappingNet learns from are on the generator's
+  manifold even where its prior samples are not (see the generator report).
 
 On disk (``OUT/``): ``meta.json`` (count, chunk size, seed, truncation, the
 weights used, array names) and one ``chunk-XXXXX.npz`` per ``chunk`` samples
@@ -64,9 +73,25 @@ def make_chunk(G, controls, z: torch.Tensor, truncation: float, batch: int = 32)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def posterior_z(encoder, renders, seed: int, start: int, stop: int) -> torch.Tensor:
+    """z_i = mu + sigma * eps for renders start..stop-1 (modulo the cache size), eps keyed by (seed, i)."""
+    n = len(renders)
+    idx = [i % n for i in range(start, stop)]
+    x = renders.batch(idx)["image"]
+    # CachedWorldDataset.batch sorts its indices; restore the requested order
+    order = np.argsort(np.argsort(np.asarray(idx), kind="stable"), kind="stable")
+    x = x[torch.from_numpy(order)]
+    if x.shape[-1] != encoder.config.size:
+        x = torch.nn.functional.interpolate(x, size=(encoder.config.size,) * 2, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        mu, logvar = encoder(x)
+    eps = chunk_z(seed, start, stop, mu.shape[1])
+    return mu + eps * (0.5 * logvar).exp()
+
+
 def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None = None, seed: int = 0,
                           truncation: float = 1.0, chunk: int = 256, shard: tuple[int, int] = (0, 1),
-                          batch: int = 32) -> Path:
+                          batch: int = 32, source: str = "prior", renders: str | None = None) -> Path:
     from ..pipeline import load_components
 
     if num < 1 or chunk < 1:
@@ -76,15 +101,26 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
         raise UserError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    comp = load_components(weights, need=("generator", "controls"))
+    if source not in ("prior", "posterior"):
+        raise UserError("--source must be 'prior' or 'posterior'")
+    comp = load_components(weights, need=("generator", "controls") + (("image_encoder",) if source == "posterior" else ()))
     G, controls = comp["generator"], comp["controls"]
+    cache = None
+    if source == "posterior":
+        from ..world.cache import CachedWorldDataset
+
+        if not renders:
+            raise UserError("--source posterior needs --renders CACHE_DIR (world renders to encode)")
+        cache = CachedWorldDataset(renders)
     meta = {"num": num, "chunk": chunk, "seed": seed, "truncation": truncation, "arrays": list(ARRAYS),
+            "source": source, "renders": str(renders) if renders else None,
             "weights": str(weights or "shipped"), "z_dim": G.z_dim, "w_dim": G.w_dim,
             "generator": comp.get("generator_info", {})}
     mp = out / "meta.json"
     if mp.exists():
         old = json.loads(mp.read_text())
-        diff = [k for k in ("num", "chunk", "seed", "truncation", "z_dim", "w_dim") if old.get(k) != meta[k]]
+        diff = [k for k in ("num", "chunk", "seed", "truncation", "z_dim", "w_dim", "source")
+                if old.get(k, "prior" if k == "source" else None) != meta[k]]
         if diff:
             raise UserError(f"{out} holds data made with other settings ({', '.join(diff)}); use another --out")
     else:  # every shard may write it (same content, atomic)
@@ -94,7 +130,8 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
     bar = progress(total=len(todo) * chunk, desc=f"mapping data {i}/{n}", unit="face")
     for k in todo:
         a, b = k * chunk, min(num, (k + 1) * chunk)
-        arrays = make_chunk(G, controls, chunk_z(seed, a, b, G.z_dim), truncation, batch)
+        z = chunk_z(seed, a, b, G.z_dim) if cache is None else posterior_z(comp["image_encoder"], cache, seed, a, b)
+        arrays = make_chunk(G, controls, z, truncation, batch)
         with atomic_path(out / f"chunk-{k:05d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)

@@ -381,3 +381,39 @@ def test_mapping_data_from_the_posterior(weights, tmp_path):
         generate_mapping_data(tmp_path / "p2", num=4, weights=str(weights), source="posterior")
     with pytest.raises(UserError, match="other settings"):
         generate_mapping_data(out, num=7, weights=str(weights), chunk=3, seed=5)
+
+
+MAPPING_WORKER = r"""
+import sys, numpy as np, torch
+from safetensors.torch import save_file
+from mm2latent.train.mapping import MappingTrainOptions, train_mapping
+torch.set_num_threads(1)
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+n = 64
+data = {"w": rng.normal(size=(n, 8)).astype(np.float32), "mask": np.zeros((n, 4, 4), np.uint8)}
+for k in ("image_emb", "mask_emb", "sketch_emb", "coeff_emb"):
+    data[k] = rng.normal(size=(n, 12)).astype(np.float32)
+torch.manual_seed(0)
+t = train_mapping(MappingTrainOptions(data="synthetic", out=out, steps=8, batch=16, hidden=16, layers=3,
+                                      ckpt_minutes=1e9, threads=1), data=data)
+save_file({k: v.contiguous() for k, v in t.net.state_dict().items()}, f"{out}/rank{t.env.rank}.safetensors")
+"""
+
+
+def test_mapping_training_under_torchrun_stays_in_sync(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "worker.py"
+    script.write_text(MAPPING_WORKER)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                        "--nproc_per_node", "2", str(script), str(out)], capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r0, r1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    assert (out / "mapping_net.safetensors").exists()

@@ -98,9 +98,19 @@ def pseudo_text(image_emb: torch.Tensor, std: float, generator: torch.Generator 
 
 
 class MappingTrainer:
-    def __init__(self, opts: MappingTrainOptions, data: dict[str, np.ndarray] | None = None):
+    """Single process, or one of ``env.world_size`` processes under torchrun: every rank draws the
+    same global batch order, trains on its slice, and gradients are averaged (all-reduce) before
+    each step, so all ranks hold identical parameters; BatchNorm statistics are averaged at
+    checkpoints."""
+
+    def __init__(self, opts: MappingTrainOptions, data: dict[str, np.ndarray] | None = None, env=None):
+        from .stylegan2 import DistEnv
+
         opts.validate()
         self.opts = opts
+        self.env = env or DistEnv()
+        if opts.batch % self.env.world_size:
+            raise UserError(f"--batch {opts.batch} must be divisible by the {self.env.world_size} processes")
         torch.manual_seed(opts.seed)
         names = ("w", "mask") + tuple(EMB_KEYS[m] for m in opts.modalities)
         d = data if data is not None else load_mapping_data(opts.data, names)
@@ -158,6 +168,9 @@ class MappingTrainer:
     def train_step(self) -> dict[str, float]:
         o = self.opts
         idx = torch.as_tensor(self.order.take(o.batch))
+        if self.env.world_size > 1:
+            lb = o.batch // self.env.world_size
+            idx = idx[self.env.rank * lb:(self.env.rank + 1) * lb]
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         self.net.train()
@@ -173,6 +186,17 @@ class MappingTrainer:
             stats["seg"] = seg.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.env.world_size > 1:
+            import torch.distributed as dist
+
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.net.parameters()]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat)
+            flat /= self.env.world_size
+            k = 0
+            for p, g in zip(self.net.parameters(), grads):
+                p.grad = flat[k:k + g.numel()].view_as(g).clone()
+                k += g.numel()
         self.opt.step()
         self.step += 1
         stats["loss"] = loss.item()
@@ -195,7 +219,17 @@ class MappingTrainer:
             out[f"val_{name}_cos"] = round(s["cos"], 5)
         return out
 
+    def sync_buffers(self) -> None:
+        if self.env.world_size > 1:
+            import torch.distributed as dist
+
+            for b in self.net.buffers():
+                if b.is_floating_point():
+                    dist.all_reduce(b)
+                    b /= self.env.world_size
+
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        self.sync_buffers()
         tensors = ckpt.module_tensors("net", self.net)
         t, m = ckpt.flatten_optimizer(self.opt, "opt")
         tensors.update(t)
@@ -227,10 +261,25 @@ def export(tr: MappingTrainer, path: Path, val: dict | None = None) -> None:
 
 
 def train_mapping(opts: MappingTrainOptions, data: dict | None = None, export_to: str | None = None) -> MappingTrainer:
+    """Run (or resume) a MappingNet training; under torchrun each process calls this, rank 0 writes."""
+    from .stylegan2 import init_distributed
+
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    env = init_distributed("cpu")
+    try:
+        return _train_mapping(opts, data, export_to, env)
+    finally:
+        if env.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train_mapping(opts, data, export_to, env) -> MappingTrainer:
     run = Path(opts.out)
-    check_writable_dir(run)
+    if env.is_main:
+        check_writable_dir(run)
     found = ckpt.latest_good_checkpoint(run, TRAIN_KIND)
     if found and not opts.resume:
         raise UserError(f"{run} already holds a training run; pass --resume to continue it or choose another --out")
@@ -239,36 +288,53 @@ def train_mapping(opts: MappingTrainOptions, data: dict | None = None, export_to
         for name in MappingTrainOptions.RESUMABLE:
             setattr(saved, name, getattr(opts, name))
         opts = saved
-    tr = MappingTrainer(opts, data)
+    tr = MappingTrainer(opts, data, env)
     if found:
         tr.load_state(found[1], found[2])
-        print(f"resuming {run} from step {tr.step}", file=sys.stderr)
-    write_text_atomic(run / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+        if env.is_main:
+            print(f"resuming {run} from step {tr.step}", file=sys.stderr)
+    if env.is_main:
+        write_text_atomic(run / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
 
     def save(final: bool = False) -> dict:
+        tensors, meta = tr.state()  # collective (BatchNorm statistics)
+        if not env.is_main:
+            return {}
         val = tr.validate()
-        tensors, meta = tr.state()
         ckpt.write_checkpoint(run, tr.step, tensors, meta, TRAIN_KIND)
         with open(run / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": tr.step, **tr.stats, **val}) + "\n")
         return val
 
-    bar = progress(total=opts.steps, initial=tr.step, desc="mapping-net", unit="step")
+    bar = progress(total=opts.steps, initial=tr.step, desc="mapping-net", unit="step",
+                   disable=None if env.is_main else True)
     t_last = t_ckpt = time.monotonic()
+
+    def agreed(flag: bool) -> bool:  # every rank acts on the same step
+        if env.world_size == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     try:
-        while not ((opts.steps and tr.step >= opts.steps) or (opts.minutes and tr.elapsed >= opts.minutes * 60)):
+        while not agreed(bool((opts.steps and tr.step >= opts.steps) or
+                              (opts.minutes and tr.elapsed >= opts.minutes * 60))):
             s = tr.train_step()
             now = time.monotonic()
             tr.elapsed += now - t_last
             t_last = now
             bar.update(1)
             bar.set_postfix(loss=f"{s['loss']:.4f}", refresh=False)
-            if now - t_ckpt >= opts.ckpt_minutes * 60:
+            if agreed(now - t_ckpt >= opts.ckpt_minutes * 60):
                 save()
                 t_ckpt = t_last = time.monotonic()
     finally:
         bar.close()
     val = save(final=True)
-    export(tr, Path(export_to) if export_to else run / "mapping_net.safetensors", val)
-    print(json.dumps({"step": tr.step, **val}), file=sys.stderr)
+    if env.is_main:
+        export(tr, Path(export_to) if export_to else run / "mapping_net.safetensors", val)
+        print(json.dumps({"step": tr.step, **val}), file=sys.stderr)
     return tr

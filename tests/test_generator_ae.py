@@ -119,3 +119,55 @@ def test_options_validation(cache, tmp_path):
     with pytest.raises(UserError, match="px"):
         GeneratorAETrainer(_opts(cache, tmp_path, channels=[16, 16, 8, 8], d_channels=[16, 16, 8, 8],
                                  enc_widths=[8, 8, 16]))
+
+
+KILL_WORKER = r"""
+import sys, torch
+from mm2latent.train.generator_ae import GeneratorAEOptions, train_generator_ae
+torch.set_num_threads(1)
+out, data, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+torch.manual_seed(0)
+train_generator_ae(GeneratorAEOptions(out=out, data=data, batch=4, prior_batch=2, z_dim=16, w_dim=16,
+    mapping_layers=2, channels=[16, 16, 8, 8, 8], d_channels=[16, 16, 8, 8, 8], enc_widths=[8, 8, 16, 16],
+    adv_start=3, adv_every=1, r1_every=2, parser="", steps=16, ckpt_every=3, ckpt_minutes=1e9,
+    sample_every=0, resume=resume))
+"""
+
+
+def test_sigkill_then_resume_is_exact(cache, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "w.py"
+    script.write_text(KILL_WORKER)
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, str(script), str(ref), str(cache), "0"], check=True, env=env, timeout=300)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(script), str(run), str(cache), "0"], env=env,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(int(s.name[5:14]) >= 6 for s in ckpt.list_checkpoints(run)) if (run / "checkpoints").exists() else True:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    killed_at = ckpt.latest_good_checkpoint(run, TRAIN_KIND)[2]["step"]
+    assert 6 <= killed_at < 16
+    # the newest checkpoint damaged (e.g. killed while writing it): fall back to the previous one
+    newest = ckpt.list_checkpoints(run)[0].with_suffix(".safetensors")
+    blob = bytearray(newest.read_bytes())
+    blob[-50] ^= 0xFF
+    newest.write_bytes(bytes(blob))
+    p = subprocess.run([sys.executable, str(script), str(run), str(cache), "1"], env=env, timeout=300,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "checksum" in p.stderr and "resuming" in p.stderr
+    a = ckpt.read_checkpoint(ckpt.list_checkpoints(ref)[0], TRAIN_KIND)
+    b = ckpt.read_checkpoint(ckpt.list_checkpoints(run)[0], TRAIN_KIND)
+    assert a[1]["step"] == b[1]["step"] == 16
+    assert set(a[0]) == set(b[0])
+    for k in a[0]:  # weights, EMA, Adam moments and the RNG states
+        assert torch.equal(a[0][k], b[0][k]), k

@@ -74,12 +74,13 @@ class GeneratorAEOptions:
     seed: int = 0
     parser: str | None = None  # parser weights; None = the shipped parser; "" = no segmentation loss
     ckpt_minutes: float = 5.0
+    ckpt_every: int = 0  # steps; 0 = by time only
     sample_every: int = 250
     threads: int | None = None
     resume: bool = False
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
-    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "sample_every", "threads", "resume", "data",
+    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight")
 
     def validate(self) -> None:
@@ -330,7 +331,7 @@ def train_generator_ae(opts: GeneratorAEOptions, data=None) -> GeneratorAETraine
 
                 (run_dir / "samples").mkdir(exist_ok=True)
                 save_image(run_dir / "samples" / f"step-{tr.step:07d}.png", tr.sample_grid())
-            if now - t_ckpt >= opts.ckpt_minutes * 60:
+            if now - t_ckpt >= opts.ckpt_minutes * 60 or (opts.ckpt_every and tr.step % opts.ckpt_every == 0):
                 save()
                 t_ckpt, t_last = time.monotonic(), time.monotonic()
     finally:

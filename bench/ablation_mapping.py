@@ -19,7 +19,6 @@ text+mask fidelity and mask mIoU for each variant.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

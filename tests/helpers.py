@@ -52,3 +52,27 @@ def build_tiny_weights(d: Path, data_dir: Path | None = None, run_dir: Path | No
     train_mapping(MappingTrainOptions(data=str(data), out=str(run), steps=30, batch=16, text_noise_std=0.05),
                   export_to=str(d / "mapping_net.safetensors"))
     return d
+
+
+def write_world_cache(root: Path, num: int, size: int) -> Path:
+    """A small world cache in the CachedWorldDataset format (train split, seed 0)."""
+    import json
+
+    import numpy as np
+
+    from mm2latent.world.attributes import ATTRIBUTES
+    from mm2latent.world.params import COEFF_NAMES
+    from mm2latent.world.sample import make_sample
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ss = [make_sample(0, i, size, n_captions=0, n_heldout=0) for i in range(num)]
+    np.save(root / "images.npy", np.stack([s.image for s in ss]))
+    np.save(root / "masks.npy", np.stack([s.mask for s in ss]).astype(np.uint8))
+    np.save(root / "sketches.npy", np.stack([(s.sketch < 128) for s in ss]).astype(np.uint8))
+    np.save(root / "attributes.npy", np.stack([s.params.attr_vector() for s in ss]).astype(np.uint8))
+    np.save(root / "coeffs.npy", np.stack([s.params.coeff_vector() for s in ss]).astype(np.float32))
+    (root / "captions.json").write_text(json.dumps([[] for _ in ss]))
+    (root / "meta.json").write_text(json.dumps({"split": "train", "seed": 0, "size": size, "num": num,
+                                                "attributes": list(ATTRIBUTES), "coeffs": list(COEFF_NAMES)}))
+    return root

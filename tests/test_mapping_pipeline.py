@@ -130,7 +130,7 @@ def test_mapping_data_contents_resume_and_shards(weights, mdata, tmp_path):
 def test_mapping_training_learns_and_resumes_exactly(mdata, tmp_path):
     data = load_mapping_data(mdata)
     o = dict(data=str(mdata), batch=16, text_noise_std=0.05, ckpt_minutes=1e-9)
-    a = train_mapping(MappingTrainOptions(out=str(tmp_path / "a"), steps=12, **o))
+    train_mapping(MappingTrainOptions(out=str(tmp_path / "a"), steps=12, **o))
     first = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[0])
     last = json.loads((tmp_path / "a" / "log.jsonl").read_text().splitlines()[-1])
     assert last["val_all_l1"] < first["val_all_l1"]
@@ -350,22 +350,10 @@ def test_full_report_runs_and_resumes(weights, tmp_path, capsys):
 def test_mapping_data_from_the_posterior(weights, tmp_path):
     from mm2latent.perception import load_module_file
     from mm2latent.train.mapping_data import chunk_z
-    from mm2latent.world.attributes import ATTRIBUTES
+    from helpers import write_world_cache
     from mm2latent.world.cache import CachedWorldDataset
-    from mm2latent.world.params import COEFF_NAMES
-    from mm2latent.world.sample import make_sample
 
-    root = tmp_path / "cache"
-    root.mkdir()
-    ss = [make_sample(0, i, 64, n_captions=0, n_heldout=0) for i in range(5)]
-    np.save(root / "images.npy", np.stack([s.image for s in ss]))
-    np.save(root / "masks.npy", np.stack([s.mask for s in ss]).astype(np.uint8))
-    np.save(root / "sketches.npy", np.stack([(s.sketch < 128) for s in ss]).astype(np.uint8))
-    np.save(root / "attributes.npy", np.stack([s.params.attr_vector() for s in ss]).astype(np.uint8))
-    np.save(root / "coeffs.npy", np.stack([s.params.coeff_vector() for s in ss]).astype(np.float32))
-    (root / "captions.json").write_text(json.dumps([[] for _ in ss]))
-    (root / "meta.json").write_text(json.dumps({"split": "train", "seed": 0, "size": 64, "num": 5,
-                                                "attributes": list(ATTRIBUTES), "coeffs": list(COEFF_NAMES)}))
+    root = write_world_cache(tmp_path / "cache", 5, 64)
     out = tmp_path / "post"
     generate_mapping_data(out, num=7, weights=str(weights), chunk=3, seed=5, source="posterior", renders=str(root))
     d = load_mapping_data(out)

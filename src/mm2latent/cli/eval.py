@@ -44,11 +44,8 @@ def register(sub) -> None:
 
 
 def _eval_editing(a) -> int:
-    import json
-
-    from ..common.fileio import check_output_file, write_text_atomic
+    from ..common.fileio import check_output_file
     from ..eval.editing import evaluate_editing
-    from ..eval.perception import jsonable
     from ..pipeline import Pipeline
 
     if a.num < 2:
@@ -56,20 +53,13 @@ def _eval_editing(a) -> int:
     if a.out:
         check_output_file(a.out)
     report = evaluate_editing(Pipeline.from_pretrained(a.weights), a.num, a.refine, a.refine_num)
-    report["weights"] = str(a.weights or "shipped")
-    text = json.dumps(jsonable(report), indent=1)
-    if a.out:
-        write_text_atomic(a.out, text + "\n")
-    print(text)
-    return 0
+    return _emit(report, a)
 
 
 def _eval_generation(a) -> int:
-    import json
     from pathlib import Path
 
-    from ..common.fileio import check_output_file, write_text_atomic
-    from ..eval.perception import jsonable
+    from ..common.fileio import check_output_file
     from ..eval.pipeline import evaluate_pipeline, latency
     from ..pipeline import Pipeline
 
@@ -82,12 +72,7 @@ def _eval_generation(a) -> int:
     if a.latency:
         ex = Path(__file__).resolve().parents[3] / "examples" / "mask_long_hair.png"
         report["latency"] = latency(pipe, str(ex))
-    report["weights"] = str(a.weights or "shipped")
-    text = json.dumps(jsonable(report), indent=1)
-    if a.out:
-        write_text_atomic(a.out, text + "\n")
-    print(text)
-    return 0
+    return _emit(report, a)
 
 
 def _need_target(args) -> int:
@@ -118,6 +103,21 @@ def _full_report(a) -> int:
         net = load_module_file(path, "mapping_net")
         std = json.loads(Path(path).with_suffix(".json").read_text()).get("text_noise_std", 0.0)
         ablations[name] = Pipeline(pipe.G, pipe.controls, net, None, text_noise_std=std)
-    rep = run_report(pipe, a.out, a.num, a.seed, tuple(a.opt_steps), ablations, a.bank)
+    run_report(pipe, a.out, a.num, a.seed, tuple(a.opt_steps), ablations, a.bank)
     print((Path(a.out) / "report.md").read_text())
+    return 0
+
+
+def _emit(report: dict, a) -> int:
+    """Print the JSON report and write it to --out (atomically)."""
+    import json
+
+    from ..common.fileio import write_text_atomic
+    from ..eval.perception import jsonable
+
+    report["weights"] = str(a.weights or "shipped")
+    text = json.dumps(jsonable(report), indent=1)
+    if a.out:
+        write_text_atomic(a.out, text + "\n")
+    print(text)
     return 0

@@ -7,9 +7,8 @@
   judges' own kind of signal at every step) and slow (a generator, parser and
   image-encoder forward and backward per step); a batch of faces is optimised
   together, each with its own loss.
-* :func:`nearest_training_sample` -- conditional retrieval floor: the training
-  render whose caption embedding (text) is nearest, or whose mask agrees most
-  (mask); says whether the generative models beat memorisation.
+The conditional-retrieval floor (nearest training render by caption and mask
+embedding) lives in :mod:`mm2latent.eval.report`.
 """
 
 from __future__ import annotations
@@ -62,9 +61,3 @@ def optimise_latents(pipe, text_emb: torch.Tensor | None, masks: torch.Tensor | 
             opt.step()
             hist.append(loss.item())
     return G.broadcast(ws.detach()), {"seconds": time.perf_counter() - t0, "history": hist}
-
-
-@torch.no_grad()
-def nearest_training_sample(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Index of the bank row with the highest cosine similarity for each query row."""
-    return (F.normalize(query, dim=-1) @ F.normalize(bank, dim=-1).T).argmax(1)

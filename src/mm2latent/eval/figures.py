@@ -65,7 +65,6 @@ def teaser(pipe, examples_dir: str | Path, seeds: Sequence[int] = (0, 1, 2), row
 
 def editing_sheet(pipe, photos: Sequence[str | Path], edits: Sequence[dict], refine_steps: int = 0) -> np.ndarray:
     """Rows: photo (aligned), reconstruction, then one column per edit (dict of edit kwargs + 'label')."""
-    from .. import pipeline as _p  # noqa: F401
     from ..pipeline.core import to_pil
 
     r = pipe.resolution

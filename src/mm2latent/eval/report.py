@@ -68,7 +68,6 @@ def _optimisation(pipe, data, steps, batch=25):
 
 def _retrieval(pipe, data, bank_size: int):
     from ..pipeline.controls import resize_images
-    from .baselines import nearest_training_sample
 
     def run():
         from .generator import render_split

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -283,14 +282,7 @@ def train_generator_ae(opts: GeneratorAEOptions, data=None) -> GeneratorAETraine
         torch.set_num_threads(opts.threads)
     run_dir = Path(opts.out)
     check_writable_dir(run_dir)
-    found = ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND)
-    if found and not opts.resume:
-        raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
-    if found:
-        saved = GeneratorAEOptions.from_dict(found[2]["train"])
-        for name in GeneratorAEOptions.RESUMABLE:
-            setattr(saved, name, getattr(opts, name))
-        opts = saved
+    found, opts = ckpt.find_resume(run_dir, TRAIN_KIND, opts, opts.resume)
     tr = GeneratorAETrainer(opts, data)
     if found:
         tr.load_state(found[1], found[2])

@@ -280,14 +280,7 @@ def _train_mapping(opts, data, export_to, env) -> MappingTrainer:
     run = Path(opts.out)
     if env.is_main:
         check_writable_dir(run)
-    found = ckpt.latest_good_checkpoint(run, TRAIN_KIND)
-    if found and not opts.resume:
-        raise UserError(f"{run} already holds a training run; pass --resume to continue it or choose another --out")
-    if found:
-        saved = MappingTrainOptions.from_dict(found[2]["train"])
-        for name in MappingTrainOptions.RESUMABLE:
-            setattr(saved, name, getattr(opts, name))
-        opts = saved
+    found, opts = ckpt.find_resume(run, TRAIN_KIND, opts, opts.resume)
     tr = MappingTrainer(opts, data, env)
     if found:
         tr.load_state(found[1], found[2])

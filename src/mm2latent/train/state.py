@@ -145,3 +145,17 @@ def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tens
 def load_module_tensors(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     module.load_state_dict(sd, strict=True)
+
+
+def find_resume(run_dir: Path, kind: str, opts, resume: bool):
+    """(checkpoint or None, the options to run with). A run directory that already holds a run needs
+    ``resume``; resuming takes the stored options except the fields in ``type(opts).RESUMABLE``."""
+    found = latest_good_checkpoint(Path(run_dir), kind)
+    if found and not resume:
+        raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
+    if found:
+        saved = type(opts).from_dict(found[2]["train"])
+        for name in type(opts).RESUMABLE:
+            setattr(saved, name, getattr(opts, name))
+        opts = saved
+    return found, opts

@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
@@ -67,6 +68,7 @@ def main() -> None:
     ap.add_argument("--seg-steps", type=int, default=300, help="steps for the parser-loss variant (slow on CPU)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--save-dir", default=None, help="also keep each variant's mapping_net here")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -94,6 +96,12 @@ def main() -> None:
             for _ in range(opts.steps):
                 tr.train_step()
             val = tr.validate()
+            if a.save_dir:
+                from mm2latent.train.mapping import export
+
+                safe = "".join(ch if ch.isalnum() or ch in "=._-" else "_" for ch in name)
+                Path(a.save_dir).mkdir(parents=True, exist_ok=True)
+                export(tr, Path(a.save_dir) / f"{safe}.safetensors", val)
         pipe = Pipeline(base_pipe.G, base_pipe.controls, tr.net.eval(), None, text_noise_std=kw["text_noise_std"])
         row = {**evaluate(pipe, data), "val_all_l1": val["val_all_l1"], "val_text_only_l1": val["val_text_only_l1"]}
         table["rows"][name] = row

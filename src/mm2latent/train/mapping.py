@@ -252,7 +252,7 @@ def export(tr: MappingTrainer, path: Path, val: dict | None = None) -> None:
     mp = Path(tr.opts.data) / "meta.json"
     if mp.exists():
         data_meta = json.loads(mp.read_text())
-    save_module(tr.net, path, half=False, extra={
+    save_module(tr.net, path, half=True, extra={
         "text_noise_std": tr.opts.text_noise_std,
         "training": {"steps": tr.step, "minutes": round(tr.elapsed / 60, 2), "data": tr.opts.data,
                      "samples": len(tr.t["w"]), "truncation": data_meta.get("truncation"),

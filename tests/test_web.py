@@ -219,3 +219,74 @@ def test_edit_tab_upload_and_edit(page, tmp_path):
     pg.locator("#photo input[type=file]").set_input_files(str(bad))
     pg.wait_for_timeout(3000)
     assert pg.locator("#edit-button").is_visible()
+
+
+def _start_server(weights, extra=()):
+    port = _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mm2latent.cli.main", "serve", "--port", str(port),
+                             "--weights", str(weights), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env)
+    url = f"http://127.0.0.1:{port}/"
+    import urllib.request
+
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(proc.stdout.read().decode()[-2000:])
+            time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_server_under_load(tiny_weights):
+    """20 concurrent generate requests against a queue of 8: each succeeds or is told the server is busy;
+    the server stays up and its memory stays bounded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    from mm2latent.world.params import COEFF_NAMES
+
+    proc, url = _start_server(tiny_weights, ["--queue", "8", "--concurrency", "1"])
+    try:
+        client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
+        args = ["a smiling woman", True, None, False, None, False, False, 0, 1.0] + [0.0] * len(COEFF_NAMES)
+
+        def one(i):
+            try:
+                out = client.predict(*args[:7], i, *args[8:], api_name="/generate")
+                return "ok" if "generated" in str(out[2]) else f"odd: {out[2]}"
+            except Exception as e:  # gradio_client raises on queue-full / app errors
+                return f"refused: {e}"
+
+        with ThreadPoolExecutor(20) as ex:
+            results = list(ex.map(one, range(20)))
+        ok = sum(r == "ok" for r in results)
+        refused = [r for r in results if r.startswith("refused")]
+        assert ok + len(refused) == 20, results
+        assert ok >= 8
+        assert all(("queue" in r.lower() or "full" in r.lower() or "busy" in r.lower()) for r in refused), refused
+        assert proc.poll() is None
+        assert "generated" in str(client.predict(*args, api_name="/generate")[2])  # still serving
+        peak = _peak_rss_mb(proc.pid)
+        print(f"\nload: {ok} served, {len(refused)} told busy; server peak RSS {peak:.0f} MB")
+        assert peak < 4000
+        # an error a user can cause is a message, not a crash
+        with pytest.raises(Exception, match="nothing to generate"):
+            client.predict("", False, None, False, None, False, False, 0, 1.0, *([0.0] * len(COEFF_NAMES)),
+                           api_name="/generate")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -314,8 +314,8 @@ def build_ui(app: App):
                 return app.generate(text, ut, m, um, sk, us, dict(zip(COEFF_NAMES, vals)), uc, s, tr)
 
             go.click(_guard(_gen), [text, use_text, mask, use_mask, sketch, use_sketch, use_coeffs, seed, trunc,
-                                    *sliders], [out_img, out_mask, status, files], concurrency_limit=None,
-                     concurrency_id="model")
+                                    *sliders], [out_img, out_mask, status, files], concurrency_id="model",
+                     api_name="generate")
 
         with gr.Tab("Edit a photo", id="edit"):
             inv_state = gr.State(None)
@@ -343,9 +343,10 @@ def build_ui(app: App):
                     e_out_mask = gr.Image(label="Parsed mask of the edit", elem_id="edited-mask", interactive=False)
                     e_files = gr.File(label="Downloads", file_count="multiple", elem_id="edit-downloads")
             e_paint.change(_paint, e_paint, e_mask)
-            photo.upload(_guard(app.load_photo), photo, [rec, e_mask, e_status, inv_state], concurrency_id="model")
+            photo.upload(_guard(app.load_photo), photo, [rec, e_mask, e_status, inv_state], concurrency_id="model",
+                         api_name="load_photo")
             e_go.click(_guard(app.edit), [inv_state, e_text, e_mask, e_use_mask, strength, mode],
-                       [e_out, e_out_mask, e_status, e_files], concurrency_id="model")
+                       [e_out, e_out_mask, e_status, e_files], concurrency_id="model", api_name="edit")
     return demo, theme
 
 

@@ -405,3 +405,9 @@ def test_mapping_training_under_torchrun_stays_in_sync(tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     assert (out / "mapping_net.safetensors").exists()
+
+
+def test_cli_eval_generator(weights, capsys):
+    assert main(["eval", "generator", "--weights", str(weights), "--num", "20"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"generated", "renders_val", "blurred_val"} <= set(rep) and rep["generated"]["frechet"] >= 0

@@ -33,6 +33,13 @@ def register(sub) -> None:
     g.add_argument("--latency", action="store_true", help="also time generate() (text + mask)")
     g.add_argument("--out", default=None, help="write the JSON report here (also printed)")
     g.set_defaults(func=_eval_generation)
+    gn = esub.add_parser("generator", help="realism of unconditional samples: Fréchet distance / KID to held-out "
+                         "renders in the world encoder's feature space, with render and blurred-render references")
+    gn.add_argument("--weights", default=None, help="weights directory (default shipped)")
+    gn.add_argument("--num", type=int, default=1000)
+    gn.add_argument("--truncation", type=float, default=1.0)
+    gn.add_argument("--out", default=None)
+    gn.set_defaults(func=_eval_generator)
     ed = esub.add_parser("editing", help="inversion PSNR/SSIM, text and mask edit success and preservation")
     ed.add_argument("--weights", default=None)
     ed.add_argument("--num", type=int, default=200)
@@ -41,6 +48,22 @@ def register(sub) -> None:
     ed.add_argument("--out", default=None)
     ed.set_defaults(func=_eval_editing)
     e.set_defaults(func=_need_target)
+
+
+def _eval_generator(a) -> int:
+    from ..common.fileio import check_output_file
+    from ..eval.generator import evaluate_generator
+    from ..pipeline import load_components
+
+    if a.num < 20:
+        raise UserError("--num must be at least 20")
+    if a.out:
+        check_output_file(a.out)
+    comp = load_components(a.weights, need=("generator", "controls"))
+    c = comp["controls"]
+    report = evaluate_generator(comp["generator"], c.encoder, num=a.num, truncation=a.truncation, parser=c.parser)
+    report["generator_training"] = comp["generator_info"]
+    return _emit(report, a)
 
 
 def _eval_editing(a) -> int:
@@ -78,7 +101,7 @@ def _eval_generation(a) -> int:
 def _need_target(args) -> int:
     if args.out:
         return _full_report(args)
-    raise UserError("choose what to evaluate: mm2latent eval {encoder,perception,generation,editing} ... (see --help)")
+    raise UserError("choose what to evaluate: mm2latent eval {encoder,perception,generator,generation,editing} ... (see --help)")
 
 
 def _full_report(a) -> int:

@@ -26,13 +26,20 @@ def render_split(split: str, num: int, size: int) -> tuple[torch.Tensor, np.ndar
     from ..world.params import sample_params
     from ..world.render import render
 
+    from ..common.palette import resize_mask
+    from ..world.render import SUPPORTED_SIZES
+
     seed = SPLIT_SEEDS[split]
+    draw = size if size in SUPPORTED_SIZES else min([s for s in SUPPORTED_SIZES if s >= size] or [max(SUPPORTED_SIZES)])
     imgs, masks = [], []
     for i in progress(range(num), desc=f"rendering {split}", unit="face"):
-        r = render(sample_params(seed, i), size)
+        r = render(sample_params(seed, i), draw)
         imgs.append(image_to_tensor(r.image))
-        masks.append(r.mask)
-    return torch.stack(imgs), np.stack(masks)
+        masks.append(r.mask if draw == size else resize_mask(r.mask, size))
+    x = torch.stack(imgs)
+    if draw != size:  # the renderer draws a few sizes only; area-resize to the one asked for
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return x, np.stack(masks)
 
 
 def blur(images: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:

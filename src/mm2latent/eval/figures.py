@@ -15,9 +15,10 @@ from PIL import Image, ImageDraw
 
 ROWS = (
     ("a smiling woman with blond hair", "mask_long_hair.png", None),
+    ("a woman wearing a hat", "mask_hat.png", None),
     ("a man with black hair and a beard", "mask_short_hair.png", None),
     ("an old bald man wearing eyeglasses", "mask_bald.png", None),
-    ("a young woman with bangs and brown hair", None, "sketch_bangs_turned.png"),
+    ("a young woman with bangs and brown hair", None, "sketch_long_hair.png"),
     ("This person has gray hair and wears a hat.", None, None),
 )
 

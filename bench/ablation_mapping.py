@@ -99,7 +99,7 @@ def main() -> None:
             if a.save_dir:
                 from mm2latent.train.mapping import export
 
-                safe = "".join(ch if ch.isalnum() or ch in "=._-" else "_" for ch in name)
+                safe = "".join(ch if ch.isalnum() or ch in "=-" else "_" for ch in name)  # no dots: suffixes
                 Path(a.save_dir).mkdir(parents=True, exist_ok=True)
                 export(tr, Path(a.save_dir) / f"{safe}.safetensors", val)
         pipe = Pipeline(base_pipe.G, base_pipe.controls, tr.net.eval(), None, text_noise_std=kw["text_noise_std"])

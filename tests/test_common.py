@@ -124,3 +124,17 @@ def test_cli_version_and_unknown_command():
     assert r.returncode == 0 and r.stdout.strip()
     r = subprocess.run([sys.executable, "-m", "mm2latent.cli.main", "frobnicate"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+
+def test_checkpoint_names_with_dots(tmp_path):
+    import torch
+
+    from mm2latent.common.checkpoint import load_checkpoint, save_checkpoint
+
+    st = save_checkpoint(tmp_path / "noise=0.0540", {"a": torch.ones(2)}, {"kind": "x"})
+    assert st.name == "noise=0.0540.safetensors" and (tmp_path / "noise=0.0540.json").exists()
+    st2 = save_checkpoint(tmp_path / "model.v2.safetensors", {"a": torch.zeros(2)}, {"kind": "x"})
+    assert st2.name == "model.v2.safetensors"
+    assert load_checkpoint(tmp_path / "noise=0.0540")[0]["a"].sum() == 2
+    assert load_checkpoint(tmp_path / "model.v2.safetensors")[0]["a"].sum() == 0

@@ -123,8 +123,11 @@ def _full_report(a) -> int:
             raise UserError(f"--ablation wants NAME=FILE, got {spec!r}")
         import json
 
+        from ..common.checkpoint import load_checkpoint
+
+        _, meta = load_checkpoint(path, expect_kind="mapping_net")  # clear errors for missing/wrong files
         net = load_module_file(path, "mapping_net")
-        std = json.loads(Path(path).with_suffix(".json").read_text()).get("text_noise_std", 0.0)
+        std = float(meta.get("text_noise_std", 0.0))
         ablations[name] = Pipeline(pipe.G, pipe.controls, net, None, text_noise_std=std)
     run_report(pipe, a.out, a.num, a.seed, tuple(a.opt_steps), ablations, a.bank)
     print((Path(a.out) / "report.md").read_text())

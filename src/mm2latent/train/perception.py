@@ -609,7 +609,10 @@ class PerceptionTrainer:
 
 
 def write_checkpoint(tr: PerceptionTrainer, run_dir: Path, keep: int = 2) -> Path:
+    from .state import tensor_digest
+
     tensors, meta = tr.state()
+    meta = dict(meta, tensors_sha256=tensor_digest(tensors))  # detects torn or corrupted files on resume
     stem = run_dir / "checkpoints" / f"step-{tr.step_count:08d}"
     save_checkpoint(stem, tensors, meta)
     for old in list_checkpoints(run_dir)[:-keep]:
@@ -623,11 +626,19 @@ def write_checkpoint(tr: PerceptionTrainer, run_dir: Path, keep: int = 2) -> Pat
 
 def latest_checkpoint(run_dir: Path, task: str | None = None) -> tuple[Path, dict, dict] | None:
     """Newest readable checkpoint (a corrupt newest one falls back to the one before)."""
+    import sys
+
+    from .state import tensor_digest
+
     for p in reversed(list_checkpoints(run_dir)):
         try:
             tensors, meta = load_checkpoint(p)
+            want = meta.get("tensors_sha256")  # checkpoints written before checksums were added have none
+            if want is not None and tensor_digest(tensors) != want:
+                raise UserError(f"checkpoint {p} failed its checksum")
         except UserError as e:
-            print(f"warning: skipping unreadable checkpoint: {e}", flush=True)
+            print(f"mm2latent: warning: skipping unreadable checkpoint: {e}; falling back to the previous one",
+                  file=sys.stderr, flush=True)
             continue
         kind = meta.get("kind", "")
         if not kind.startswith(TRAIN_KIND_PREFIX):

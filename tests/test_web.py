@@ -282,6 +282,15 @@ def test_server_under_load(tiny_weights):
         peak = _peak_rss_mb(proc.pid)
         print(f"\nload: {ok} served, {len(refused)} told busy; server peak RSS {peak:.0f} MB")
         assert peak < 4000
+        # an oversize upload is refused (8 MB limit), and the server stays up
+        from gradio_client import handle_file
+
+        big = Path(tiny_weights) / "big.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (1900, 1900, 3), dtype=np.uint8)).save(big)
+        assert big.stat().st_size > 8 * 1024 * 1024
+        with pytest.raises(Exception, match="(?i)size|large|exceed"):
+            client.predict(handle_file(str(big)), api_name="/load_photo")
+        assert proc.poll() is None
         # an error a user can cause is a message, not a crash
         with pytest.raises(Exception, match="nothing to generate"):
             client.predict("", False, None, False, None, False, False, 0, 1.0, *([0.0] * len(COEFF_NAMES)),

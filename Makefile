@@ -25,6 +25,7 @@ browser:
 
 # The main job: a face from text + a mask with the shipped weights (and 4 seeds as a grid).
 demo: $(STAMP)
+	mkdir -p out
 	$(BIN)/mm2latent generate --text "a smiling woman with blond hair" --mask examples/mask_long_hair.png --out out/face.png
 	$(BIN)/mm2latent generate --text "a smiling woman with blond hair" --mask examples/mask_long_hair.png --num 4 --out out/seeds
 

@@ -48,6 +48,15 @@ def test_snap_to_palette_and_editor_values():
     with pytest.raises(UserError):
         check_upload(None)
     assert check_upload(np.zeros((20, 30), np.uint8)).shape == (20, 30, 3)
+    import mm2latent.app.server as srv
+
+    old = srv.MAX_PIXELS
+    srv.MAX_PIXELS = 500
+    try:
+        with pytest.raises(UserError, match="too large"):
+            check_upload(np.zeros((30, 30, 3), np.uint8))
+    finally:
+        srv.MAX_PIXELS = old
 
 
 @pytest.fixture(scope="module")

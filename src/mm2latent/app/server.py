@@ -356,6 +356,7 @@ def serve(weights: str | None = None, host: str = "127.0.0.1", port: int = 7860,
     from ..pipeline import Pipeline
 
     app = App(Pipeline.from_pretrained(weights))
+    app.pipe.generate(text="a face", seed=0)  # warm-up: the first request should not pay for first-call setup
     demo, theme = build_ui(app)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,

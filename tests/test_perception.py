@@ -52,22 +52,9 @@ TINY_MODEL = {
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """A small world cache in the CachedWorldDataset format (48 samples at 64 px)."""
-    from mm2latent.world.attributes import ATTRIBUTES
-    from mm2latent.world.params import COEFF_NAMES
-    from mm2latent.world.sample import make_sample
+    from helpers import write_world_cache
 
-    root = tmp_path_factory.mktemp("cache") / "c"
-    root.mkdir()
-    ss = [make_sample(0, i, SIZE, n_captions=0, n_heldout=0) for i in range(N)]
-    np.save(root / "images.npy", np.stack([s.image for s in ss]))
-    np.save(root / "masks.npy", np.stack([s.mask for s in ss]).astype(np.uint8))
-    np.save(root / "sketches.npy", np.stack([(s.sketch < 128) for s in ss]).astype(np.uint8))
-    np.save(root / "attributes.npy", np.stack([s.params.attr_vector() for s in ss]).astype(np.uint8))
-    np.save(root / "coeffs.npy", np.stack([s.params.coeff_vector() for s in ss]).astype(np.float32))
-    (root / "captions.json").write_text(json.dumps([[] for _ in ss]))
-    (root / "meta.json").write_text(json.dumps({"split": "train", "seed": 0, "size": SIZE, "num": N,
-                                                "attributes": list(ATTRIBUTES), "coeffs": list(COEFF_NAMES)}))
-    return root
+    return write_world_cache(tmp_path_factory.mktemp("cache") / "c", N, SIZE)
 
 
 def _opts(task, cache, out, **kw):

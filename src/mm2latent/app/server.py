@@ -53,27 +53,25 @@ def snap_to_palette(rgba: np.ndarray) -> np.ndarray:
     return idx
 
 
+def _composite(value: Any) -> np.ndarray | None:
+    """The flattened image of an ImageEditor/Sketchpad value (a dict with "composite"), or None."""
+    comp = value.get("composite") if isinstance(value, dict) else value
+    return None if comp is None else np.asarray(comp)
+
+
 def editor_mask(value: Any) -> np.ndarray | None:
     """ImageEditor value -> index map (None if nothing is on the canvas)."""
-    if value is None:
-        return None
-    comp = value.get("composite") if isinstance(value, dict) else value
-    if comp is None:
-        return None
-    comp = np.asarray(comp)
-    if comp.ndim != 3 or comp.size == 0:
+    comp = _composite(value)
+    if comp is None or comp.ndim != 3 or comp.size == 0:
         return None
     return snap_to_palette(comp)
 
 
 def sketch_lines(value: Any) -> np.ndarray | None:
     """Sketchpad value -> uint8 grey image with dark lines on white, or None if blank."""
-    if value is None:
+    a = _composite(value)
+    if a is None:
         return None
-    comp = value.get("composite") if isinstance(value, dict) else value
-    if comp is None:
-        return None
-    a = np.asarray(comp)
     if a.ndim == 3 and a.shape[-1] == 4:
         alpha = a[..., 3:4].astype(np.float32) / 255.0
         grey = (a[..., :3].astype(np.float32).mean(-1, keepdims=True) * alpha + 255.0 * (1 - alpha))[..., 0]

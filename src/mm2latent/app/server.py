@@ -105,6 +105,17 @@ def legend_html() -> str:
     return f'<div id="mask-legend" style="font-size:12px">{items}</div>'
 
 
+def canvas_value(labels: np.ndarray) -> dict:
+    """A label map as an ImageEditor value: its colour image at the canvas size (nearest neighbour)."""
+    from PIL import Image
+
+    from ..common.palette import index_to_color
+
+    m = np.asarray(Image.fromarray(np.asarray(labels, np.uint8)).resize((CANVAS, CANVAS), Image.NEAREST))
+    bg = index_to_color(m)
+    return {"background": bg, "layers": [], "composite": bg}
+
+
 def template_masks() -> dict[str, Path]:
     return {p.stem.replace("mask_", ""): p for p in sorted(EXAMPLES_DIR.glob("mask_*.png"))}
 
@@ -120,9 +131,7 @@ class App:
 
     def template(self, name: str, current: Any = None):
         """The editor value for a template: a world mask, blank, or the parsed mask of the current result."""
-        from PIL import Image
-
-        from ..common.palette import index_to_color, load_mask
+        from ..common.palette import load_mask
 
         if name == "blank":
             m = np.zeros((CANVAS, CANVAS), np.uint8)
@@ -135,9 +144,7 @@ class App:
             if name not in paths:
                 raise UserError(f"unknown template {name!r}")
             m = load_mask(paths[name])
-        m = np.asarray(Image.fromarray(m).resize((CANVAS, CANVAS), Image.NEAREST))
-        bg = index_to_color(m)
-        return {"background": bg, "layers": [], "composite": bg}
+        return canvas_value(m)
 
     def _save(self, stem: str, img=None, mask=None, latent=None, input_mask=None) -> list[str]:
         from ..common.imageio import save_image
@@ -202,16 +209,13 @@ class App:
 
     def load_photo(self, image: Any):
         """Upload -> (reconstruction, editor value with its parsed mask, status, inversion state)."""
-        from ..common.palette import index_to_color
         from ..pipeline.core import to_pil
 
         photo = check_upload(image)
         inv = self.pipe.invert(photo)
         rec = to_pil(inv.reconstruction)[0]
         parsed = self.pipe.parse(np.asarray(rec))
-        bg = index_to_color(np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(parsed).resize(
-            (CANVAS, CANVAS), 0)))
-        return rec, {"background": bg, "layers": [], "composite": bg}, f"photo {inv.alignment}; inverted in {inv.seconds * 1000:.0f} ms", inv
+        return rec, canvas_value(parsed), f"photo {inv.alignment}; inverted in {inv.seconds * 1000:.0f} ms", inv
 
     def edit(self, inv, text: str, mask_value: Any, use_mask: bool, strength: float, mode: str):
         from ..common.palette import index_to_color

@@ -121,8 +121,6 @@ def _full_report(a) -> int:
         name, _, path = spec.partition("=")
         if not name or not path:
             raise UserError(f"--ablation wants NAME=FILE, got {spec!r}")
-        import json
-
         from ..common.checkpoint import load_checkpoint
 
         _, meta = load_checkpoint(path, expect_kind="mapping_net")  # clear errors for missing/wrong files

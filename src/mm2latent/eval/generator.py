@@ -27,10 +27,10 @@ def render_split(split: str, num: int, size: int) -> tuple[torch.Tensor, np.ndar
     from ..world.render import render
 
     from ..common.palette import resize_mask
-    from ..world.render import SUPPORTED_SIZES
+    from ..world.render import drawable_size
 
     seed = SPLIT_SEEDS[split]
-    draw = size if size in SUPPORTED_SIZES else min([s for s in SUPPORTED_SIZES if s >= size] or [max(SUPPORTED_SIZES)])
+    draw = drawable_size(size)
     imgs, masks = [], []
     for i in progress(range(num), desc=f"rendering {split}", unit="face"):
         r = render(sample_params(seed, i), draw)

@@ -41,11 +41,10 @@ def render_test(num: int, size: int, split: str = "test") -> dict[str, Any]:
     """Renders, masks, sketches, coefficients and one in-grammar + one held-out caption per face
     (at ``size``, or the smallest size the renderer draws if it does not draw that one)."""
     from ..common.imageio import image_to_tensor
-    from ..world.render import SUPPORTED_SIZES
+    from ..world.render import drawable_size
     from ..world.sample import make_sample
 
-    if size not in SUPPORTED_SIZES:
-        size = min([s for s in SUPPORTED_SIZES if s >= size] or [max(SUPPORTED_SIZES)])
+    size = drawable_size(size)
     seed = SPLIT_SEEDS[split]
     out: dict[str, list] = {k: [] for k in ("image", "mask", "sketch", "coeffs", "caption", "facts",
                                             "caption_heldout", "facts_heldout")}

@@ -146,18 +146,13 @@ class EditingMixin:
         base = {"text": own["image_emb"], "mask": c.embed_mask(own["mask"]), "sketch": c.embed_sketch(own["sketch"]),
                 "coeffs": c.embed_coeffs(own["coeffs"])}
         base = {m: v for m, v in base.items() if m in mods}
+        if mask is not None and sketch is None and "sketch" in base:
+            base["sketch"] = None  # the photo's edges would contradict the new mask (on both sides of the delta)
         new = dict(base)
         if text is not None:
             new["text"] = c.embed_text([check_text(text)])
         if mask is not None:
             new["mask"] = c.embed_mask(prepare_mask(mask, c.mask_size))
-            if sketch is None and "sketch" in new:
-                new["sketch"] = None  # the photo's edges would contradict the new mask
-                base_for_delta = dict(base, sketch=None)
-            else:
-                base_for_delta = base
-        else:
-            base_for_delta = base
         if sketch is not None:
             new["sketch"] = c.embed_sketch(prepare_sketch(sketch, c.sketch_size))
         if coeffs is not None:
@@ -165,7 +160,7 @@ class EditingMixin:
         w_new = self.G.broadcast(self.mapping(new, batch=1))
         if mode == "blend":
             return inv.ws.lerp(w_new, float(strength))
-        w_old = self.G.broadcast(self.mapping(base_for_delta, batch=1))
+        w_old = self.G.broadcast(self.mapping(base, batch=1))
         return inv.ws + float(strength) * (w_new - w_old)
 
     def edit(self, image: Any, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,

@@ -24,7 +24,6 @@ time) go through :mod:`mm2latent.train.state`; ``resume`` continues exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -47,7 +46,7 @@ TRAIN_KIND = "generator-ae-train"
 
 
 @dataclass
-class GeneratorAEOptions:
+class GeneratorAEOptions(ckpt.OptionsDict):
     out: str
     data: str = "runs/cache_train128"
     batch: int = 16
@@ -104,14 +103,6 @@ class GeneratorAEOptions:
         return StyleGAN2Config(resolution=self.size, z_dim=self.z_dim, w_dim=self.w_dim,
                                mapping_layers=self.mapping_layers, channels=dict(zip(res, self.channels)),
                                d_channels=dict(zip(res, self.d_channels)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GeneratorAEOptions":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class GeneratorAETrainer:

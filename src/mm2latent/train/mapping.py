@@ -16,13 +16,11 @@ through :mod:`mm2latent.train.state`; ``resume`` continues exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +39,7 @@ EMB_KEYS = {"text": "image_emb", "mask": "mask_emb", "sketch": "sketch_emb", "co
 
 
 @dataclass
-class MappingTrainOptions:
+class MappingTrainOptions(ckpt.OptionsDict):
     data: str
     out: str
     steps: int = 4000
@@ -79,14 +77,6 @@ class MappingTrainOptions:
             raise UserError("--batch must be at least 2 (BatchNorm)")
         if not 0 < self.val_fraction < 0.5:
             raise UserError("--val-fraction must lie in (0, 0.5)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MappingTrainOptions":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def pseudo_text(image_emb: torch.Tensor, std: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -147,6 +147,22 @@ def load_module_tensors(prefix: str, module: torch.nn.Module, tensors: dict[str,
     module.load_state_dict(sd, strict=True)
 
 
+class OptionsDict:
+    """to_dict / from_dict for trainer option dataclasses (unknown stored keys are ignored)."""
+
+    def to_dict(self) -> dict:
+        import dataclasses
+
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        import dataclasses
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 def find_resume(run_dir: Path, kind: str, opts, resume: bool):
     """(checkpoint or None, the options to run with). A run directory that already holds a run needs
     ``resume``; resuming takes the stored options except the fields in ``type(opts).RESUMABLE``."""

@@ -23,7 +23,6 @@ to the previous one. Resuming continues bit-exactly.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import os
@@ -33,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -311,7 +310,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(ckpt.OptionsDict):
     """Everything that defines a run (stored in every checkpoint)."""
 
     out: str
@@ -389,14 +388,6 @@ class TrainOptions:
     @property
     def total_steps(self) -> int:
         return math.ceil(self.kimg * 1000 / self.batch)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainOptions":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 # =========================================================================== checkpoints on disk

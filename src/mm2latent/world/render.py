@@ -86,6 +86,13 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return big[o:o + size, o:o + size] / 1.2
 
 
+def drawable_size(size: int) -> int:
+    """``size`` if the renderer draws it, else the smallest larger size it draws (the largest if none)."""
+    if size in SUPPORTED_SIZES:
+        return size
+    return min([s for s in SUPPORTED_SIZES if s >= size] or [max(SUPPORTED_SIZES)])
+
+
 def _ellipse(U, V, cu, cv, ru, rv):
     return ((U - cu) / ru) ** 2 + ((V - cv) / rv) ** 2
 

@@ -329,6 +329,31 @@ def test_resume_is_exact(cache, tmp_path):
         tp.train_perception(_opts("parser", cache, tmp_path / "b", steps=2), resume=True, quiet=True)
 
 
+def test_init_fine_tunes_exported_weights(cache, tmp_path):
+    """--init starts from exported weights (their architecture, their values),
+    records the provenance, and a non-matching file is refused in one line."""
+    src = tp.train_perception(_opts("mask_ae", cache, tmp_path / "src", steps=4),
+                              quiet=True)
+    exported = tmp_path / "src" / "mask_ae.safetensors"
+    ft = tp.PerceptionTrainer(_opts("mask_ae", cache, tmp_path / "ft", steps=2, init=str(exported), model={}))
+    assert ft.model.config == src.model.config  # architecture from the file, not the defaults
+    ref = load_module_file(exported, "mask_ae").state_dict()
+    for k, v in ft.model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+    assert ft.model.training and all(p.requires_grad for p in ft.model.parameters())
+    tr = tp.train_perception(_opts("mask_ae", cache, tmp_path / "ft2", steps=3, init=str(exported), model={}),
+                            quiet=True)
+    meta = json.loads((tmp_path / "ft2" / "mask_ae.json").read_text())["trained"]
+    assert meta["init"]["trained"]["steps"] == 4 and meta["steps"] == 3 == tr.step_count
+    assert meta["total_images_seen"] == src.images_seen + tr.images_seen
+    with pytest.raises(UserError, match="model-config"):
+        tp.train_perception(_opts("mask_ae", cache, tmp_path / "x", steps=1, init=str(exported), model={"base": 8}),
+                            quiet=True)
+    with pytest.raises(UserError):  # weights of another model kind
+        tp.train_perception(_opts("parser", cache, tmp_path / "y", steps=1, init=str(exported), model={}),
+                            quiet=True)
+
+
 def test_minutes_budget_stops(cache, tmp_path):
     tr = tp.train_perception(_opts("coeff_ae", cache, tmp_path / "m", minutes=0.002), quiet=True)
     assert tr.step_count >= 1 and tr.elapsed >= 0.12

@@ -209,6 +209,9 @@ def register_train_subcommands(models) -> None:
         s.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
         s.add_argument("--model-config", type=_json_object, default={}, metavar="JSON",
                        help="model config overrides, e.g. '{\"base\": 16, \"depth\": 4}'")
+        s.add_argument("--init", default=None, metavar="WEIGHTS",
+                       help=f"start from exported {task} weights (e.g. the shipped ones) instead of random ones; "
+                       "the architecture comes from the file")
         s.add_argument("--ckpt-minutes", type=_positive_float, default=5.0, help="checkpoint interval (default 5)")
         s.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
         s.set_defaults(func=_train, perception_task=task)
@@ -221,7 +224,7 @@ def _train(args) -> int:
         task=args.perception_task, data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
         batch=args.batch, lr=args.lr, schedule=args.schedule, warmup=args.warmup, augment=not args.no_augment,
         seed=args.seed, limit=args.limit, val=args.val, val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
-        model=args.model_config, export=args.export, threads=args.threads,
+        model=args.model_config, export=args.export, threads=args.threads, init=args.init,
     )
     train_perception(opts, resume=args.resume)
     return 0

@@ -82,6 +82,7 @@ class PerceptionTrainOptions:
     model: dict = field(default_factory=dict)  # model config overrides
     export: str | None = None
     threads: int | None = None
+    init: str | None = None  # start from these exported weights (fine-tuning); the architecture comes from the file
 
     def validate(self, require_budget: bool = True) -> None:
         if self.task not in TASKS:
@@ -102,6 +103,8 @@ class PerceptionTrainOptions:
             raise UserError("--limit must be positive")
         if self.ckpt_minutes <= 0:
             raise UserError("--ckpt-minutes must be positive")
+        if self.init is not None and self.model:
+            raise UserError("--init takes the architecture from the weights file; drop --model-config")
 
     def resolved(self) -> "PerceptionTrainOptions":
         d = TASK_DEFAULTS[self.task]
@@ -515,8 +518,12 @@ class PerceptionTrainer:
             raise UserError("training data is empty")
         self.task: Task = TASK_CLASSES[opts.task](opts, self.data)
         torch.manual_seed(opts.seed)
+        #: what the starting weights had already been trained on (``--init``), for the export's provenance
+        self.init_trained: dict | None = None
         if model_config is not None:
             self.model = build_model(opts.task, model_config, stored=True)
+        elif opts.init:
+            self.model, self.init_trained = load_init_weights(opts.init, opts.task)
         else:
             self.model = build_model(opts.task, self.task.model_config())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -542,6 +549,7 @@ class PerceptionTrainer:
             "sampler": {"epoch": self.sampler.epoch, "cursor": self.sampler.cursor, "n": self.sampler.n},
             "task_state": self.task.extra_state(),
             "last_val": self.last_val,
+            "init_trained": self.init_trained,
         }
         return tensors, meta
 
@@ -561,6 +569,7 @@ class PerceptionTrainer:
         self.sampler.epoch, self.sampler.cursor = int(s["epoch"]), int(s["cursor"])
         self.task.load_extra_state(meta.get("task_state", {}))
         self.last_val = meta.get("last_val", {})
+        self.init_trained = meta.get("init_trained")
 
     # -- training
     def progress_fraction(self) -> float:
@@ -602,10 +611,25 @@ class PerceptionTrainer:
         return self.last_val
 
     def export(self, path: str | os.PathLike) -> Path:
-        extra = {"trained": {"task": self.opts.task, "data": str(self.opts.data), "steps": self.step_count,
-                             "images_seen": self.images_seen, "minutes": round(self.elapsed / 60, 2)},
-                 "val": self.last_val}
+        trained = {"task": self.opts.task, "data": str(self.opts.data), "steps": self.step_count,
+                   "images_seen": self.images_seen, "minutes": round(self.elapsed / 60, 2)}
+        if self.init_trained is not None:
+            prev = self.init_trained
+            trained["init"] = {"weights": str(self.opts.init), "trained": prev}
+            trained["total_images_seen"] = int(prev.get("total_images_seen", prev.get("images_seen", 0))) + self.images_seen
+            trained["total_minutes"] = round(float(prev.get("total_minutes", prev.get("minutes", 0.0))) + self.elapsed / 60, 2)
+        extra = {"trained": trained, "val": self.last_val}
         return save_module(self.model, path, half=True, extra=extra)
+
+
+def load_init_weights(path: str | os.PathLike, task: str) -> tuple[torch.nn.Module, dict]:
+    """(model in train mode, its ``trained`` record) from exported weights of ``task``:
+    fine-tuning a shipped model costs a fraction of training a new one."""
+    from ..perception import load_module_file
+
+    model = load_module_file(path, task).train().requires_grad_(True)
+    _, cfg = load_checkpoint(path, expect_kind=task)
+    return model, dict(cfg.get("trained") or {})
 
 
 def write_checkpoint(tr: PerceptionTrainer, run_dir: Path, keep: int = 2) -> Path:

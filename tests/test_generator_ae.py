@@ -97,6 +97,29 @@ def test_resume_is_exact(cache, tmp_path):
     assert ckpt.read_checkpoint(stem, TRAIN_KIND)[1]["step"] == 6
 
 
+def test_freeze_latents_trains_only_the_synthesis(cache, parser_file, tmp_path):
+    """The sharpening phase (resumed with --freeze-latents) must leave the encoder,
+    the mapping network and their EMA copies untouched -- every latent computed from
+    them (MappingNet's targets, saved inversions) keeps its meaning -- while the
+    synthesis network learns."""
+    torch.manual_seed(0)
+    train_generator_ae(_opts(cache, tmp_path, steps=3, parser=str(parser_file), seg_weight=0.1))
+    before = GeneratorAETrainer(_opts(cache, tmp_path / "unused"))
+    before.load_state(*ckpt.read_checkpoint(ckpt.list_checkpoints(tmp_path)[0], TRAIN_KIND))
+    tr = train_generator_ae(_opts(cache, tmp_path, steps=7, resume=True, freeze_latents=True,
+                                  parser=str(parser_file), seg_weight=0.1))
+    assert tr.opts.freeze_latents and tr.step == 7 and "adv_G" in tr.stats and "kl" not in tr.stats
+    for name in ("E", "E_ema"):
+        for (k, p), q in zip(getattr(before, name).state_dict().items(), getattr(tr, name).state_dict().values()):
+            assert torch.equal(p, q), f"{name}.{k}"
+    for name in ("G", "G_ema"):
+        old, new = getattr(before, name), getattr(tr, name)
+        for (k, p), q in zip(old.mapping.state_dict().items(), new.mapping.state_dict().values()):
+            assert torch.equal(p, q), f"{name}.mapping.{k}"
+        changed = [not torch.equal(p, q) for p, q in zip(old.synthesis.parameters(), new.synthesis.parameters())]
+        assert sum(changed) > len(changed) // 2, name
+
+
 def test_options_validation(cache, tmp_path):
     for bad in ({"steps": None}, {"adv_every": 0}, {"kl_weight": -1.0}, {"enc_widths": [8, 8]}):
         with pytest.raises(UserError):

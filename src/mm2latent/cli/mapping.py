@@ -34,6 +34,9 @@ def add_train_subcommands(models) -> None:
     g.add_argument("--seg-weight", type=float, default=0.1)
     g.add_argument("--adv-weight", type=float, default=0.05)
     g.add_argument("--adv-start", type=int, default=300, help="steps of reconstruction before adversarial terms")
+    g.add_argument("--freeze-latents", action="store_true",
+                   help="train only the synthesis network (encoder and mapping fixed, so latents derived from them "
+                   "stay valid): sharpening phase; no prior samples")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--resume", action="store_true")
@@ -109,7 +112,8 @@ def _train_generator_ae(a) -> int:
         raise UserError("give a budget: --steps N and/or --minutes M")
     train_generator_ae(GeneratorAEOptions(out=a.out, data=a.data, minutes=a.minutes, steps=a.steps, batch=a.batch,
                                           lr=a.lr, kl_weight=a.kl_weight, seg_weight=a.seg_weight,
-                                          adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume))
+                                          adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume,
+                                          freeze_latents=a.freeze_latents))
     return 0
 
 

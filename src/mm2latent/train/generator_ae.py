@@ -76,10 +76,14 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     sample_every: int = 250
     threads: int | None = None
     resume: bool = False
+    #: train the synthesis network only: encoder (EMA) and mapping stay fixed, so every latent already
+    #: derived from them (MappingNet's training targets, saved inversions) keeps its meaning while the
+    #: decoder is sharpened (adversarial fine-tuning); no prior samples in this phase
+    freeze_latents: bool = False
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
-                 "adv_start", "adv_weight", "seg_weight", "kl_weight")
+                 "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -155,15 +159,25 @@ class GeneratorAETrainer:
         stats: dict[str, float] = {}
 
         # generator + encoder
-        G.requires_grad_(True)
         D.requires_grad_(False)
-        mu, logvar = E(x)
-        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        x_rec = G.synthesis(G.broadcast(G.mapping(z)), noise_mode="random")
-        rec = (x_rec - x).abs().mean()
-        kl = kl_to_standard_normal(mu, logvar).mean()
-        loss = rec + o.kl_weight * kl
-        stats["rec"], stats["kl"] = rec.item(), kl.item()
+        if o.freeze_latents:  # the shipped (EMA) encoder + mapping give w; only the synthesis learns
+            G.requires_grad_(False)
+            G.synthesis.requires_grad_(True)
+            with torch.no_grad():
+                w = self.G_ema.mapping(self.E_ema(x)[0])
+            x_rec = G.synthesis(G.broadcast(w), noise_mode="random")
+            rec = (x_rec - x).abs().mean()
+            loss = rec
+            stats["rec"] = rec.item()
+        else:
+            G.requires_grad_(True)
+            mu, logvar = E(x)
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+            x_rec = G.synthesis(G.broadcast(G.mapping(z)), noise_mode="random")
+            rec = (x_rec - x).abs().mean()
+            kl = kl_to_standard_normal(mu, logvar).mean()
+            loss = rec + o.kl_weight * kl
+            stats["rec"], stats["kl"] = rec.item(), kl.item()
         if self.parser is not None:
             logits = self.parser(self._parser_input(x_rec))
             if logits.shape[-1] != mask.shape[-1]:
@@ -174,14 +188,15 @@ class GeneratorAETrainer:
         x_pri = None
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()
-            if o.prior_batch:
+            if o.prior_batch and not o.freeze_latents:
                 x_pri = G(torch.randn(o.prior_batch, o.z_dim))
                 adv = adv + F.softplus(-D(x_pri)).mean()
             loss = loss + o.adv_weight * o.adv_every * adv
             stats["adv_G"] = adv.item()
         self.optG.zero_grad(set_to_none=True)
         loss.backward()
-        stats["enc_grad"] = float(torch.nn.utils.clip_grad_norm_(E.parameters(), 5.0))
+        if not o.freeze_latents:
+            stats["enc_grad"] = float(torch.nn.utils.clip_grad_norm_(E.parameters(), 5.0))
         self.optG.step()
 
         # discriminator
@@ -205,13 +220,17 @@ class GeneratorAETrainer:
 
         with torch.no_grad():  # EMA of generator and encoder; w_avg from the prior
             beta = 0.5 ** (o.batch / max(min(o.ema_kimg * 1000, (self.nimg + o.batch) * 0.1), 1e-8))
-            for pe, p in zip(self.G_ema.parameters(), G.parameters()):
-                pe.copy_(p.detach().lerp(pe, beta))
-            for pe, p in zip(self.E_ema.parameters(), E.parameters()):
-                pe.copy_(p.detach().lerp(pe, beta))
-            w_prior = G.mapping(torch.randn(64, o.z_dim))
-            G.mapping.w_avg.copy_(w_prior.mean(0).lerp(G.mapping.w_avg, G.cfg.w_avg_beta))
-            self.G_ema.mapping.w_avg.copy_(G.mapping.w_avg)
+            if o.freeze_latents:
+                for pe, p in zip(self.G_ema.synthesis.parameters(), G.synthesis.parameters()):
+                    pe.copy_(p.detach().lerp(pe, beta))
+            else:
+                for pe, p in zip(self.G_ema.parameters(), G.parameters()):
+                    pe.copy_(p.detach().lerp(pe, beta))
+                for pe, p in zip(self.E_ema.parameters(), E.parameters()):
+                    pe.copy_(p.detach().lerp(pe, beta))
+                w_prior = G.mapping(torch.randn(64, o.z_dim))
+                G.mapping.w_avg.copy_(w_prior.mean(0).lerp(G.mapping.w_avg, G.cfg.w_avg_beta))
+                self.G_ema.mapping.w_avg.copy_(G.mapping.w_avg)
         self.step += 1
         self.stats = stats
         return stats

@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
+from mm2latent.common.errors import UserError
 from mm2latent.models.stylegan2 import Generator, StyleGAN2Config, save_generator
 
 CLI = [sys.executable, "-m", "mm2latent.cli.main"]
@@ -48,3 +50,75 @@ def test_sample_errors(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(CLI + ["sample", "--num", "0", "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- fitted latent prior
+
+
+def test_gaussian_prior_fit_recovers_mean_and_covariance():
+    from mm2latent.models.latent_prior import GaussianLatentPrior
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g)
+    cov = a @ a.T + 0.5 * torch.eye(6)
+    mean = torch.arange(6.0)
+    x = mean + torch.randn(40000, 6, generator=g) @ torch.linalg.cholesky(cov).T
+    p = GaussianLatentPrior.fit(x)
+    assert torch.allclose(p.mean, mean, atol=0.05)
+    assert torch.allclose(p.chol @ p.chol.T, cov, atol=0.15)
+    # samples follow the fitted law; psi = 0 gives the mean; same generator seed, same samples
+    s = p.sample(20000, torch.Generator().manual_seed(1))
+    assert torch.allclose(torch.cov(s.T), cov, atol=0.25)
+    assert torch.allclose(p.sample(3, None, truncation=0.0), p.mean.expand(3, -1))
+    assert torch.equal(p.sample(4, torch.Generator().manual_seed(5)), p.sample(4, torch.Generator().manual_seed(5)))
+    # the density is highest at the mean and matches torch's MultivariateNormal
+    ref = torch.distributions.MultivariateNormal(p.mean.double(), scale_tril=p.chol.double())
+    pts = s[:5]
+    assert torch.allclose(p.log_prob(pts).double(), ref.log_prob(pts.double()), atol=1e-3)
+    with pytest.raises(UserError, match="more latents"):
+        GaussianLatentPrior.fit(torch.randn(4, 6))
+
+
+def test_sample_uses_the_fitted_prior_beside_the_generator(tmp_path):
+    from mm2latent.cli.sample import load_prior, sample_generator
+    from mm2latent.models.latent_prior import GaussianLatentPrior
+    from mm2latent.perception import save_module
+
+    G = _tiny_generator(tmp_path / "generator").eval()
+    gpath = tmp_path / "generator.safetensors"
+    assert load_prior(gpath, "auto") is None
+    r = subprocess.run(CLI + ["sample", "--num", "2", "--weights", str(gpath), "--prior", "fitted",
+                              "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "latent prior" in r.stderr and "Traceback" not in r.stderr
+    prior = GaussianLatentPrior.fit(torch.randn(500, 32) * 0.01 + 3.0)  # a narrow law far from mapping(z)
+    save_module(prior, tmp_path / "latent_prior.safetensors", half=False)
+    r = subprocess.run(CLI + ["sample", "--num", "3", "--weights", str(gpath), "--out", str(tmp_path / "f")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "fitted latent prior" in r.stdout, r.stderr
+    w = np.load(tmp_path / "f" / "latents.npy")
+    assert np.allclose(w, 3.0, atol=0.1)
+    r = subprocess.run(CLI + ["sample", "--num", "3", "--weights", str(gpath), "--prior", "normal",
+                              "--out", str(tmp_path / "n")], capture_output=True, text=True)
+    assert r.returncode == 0 and not np.allclose(np.load(tmp_path / "n" / "latents.npy"), 3.0, atol=0.1)
+    _, w0 = sample_generator(G, 2, 0, 0.0, prior=load_prior(gpath, "auto"))
+    assert np.allclose(w0, prior.mean.numpy()[None], atol=1e-6)
+
+
+def test_fit_latent_prior_command(tmp_path):
+    from helpers import build_tiny_weights, write_world_cache
+
+    from mm2latent.perception import load_module_file
+
+    weights = build_tiny_weights(tmp_path / "w")
+    cache = write_world_cache(tmp_path / "cache", 40, 64)
+    out = weights / "latent_prior.safetensors"
+    r = subprocess.run(CLI + ["train", "latent-prior", "--data", str(cache), "--weights", str(weights),
+                              "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    prior = load_module_file(out, "latent_prior")
+    assert prior.config.dim == 16 and torch.isfinite(prior.chol).all()
+    info = __import__("json").loads(out.with_suffix(".json").read_text())["fitted"]
+    assert info["num"] == 40
+    r = subprocess.run(CLI + ["train", "latent-prior", "--data", str(cache), "--weights", str(weights), "--num", "10",
+                              "--out", str(tmp_path / "p.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 2 and "more than 16" in r.stderr

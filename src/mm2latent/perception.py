@@ -40,7 +40,7 @@ def default_weights_dir() -> Path:
 
 def model_classes(kind: str):
     """(module class, config class) for a model kind."""
-    from .models import analyzer, autoencoders, inversion, mapping, parser
+    from .models import analyzer, autoencoders, inversion, latent_prior, mapping, parser
 
     table = {
         "parser": (parser.FaceParser, parser.ParserConfig),
@@ -50,6 +50,7 @@ def model_classes(kind: str):
         "coeff_ae": (autoencoders.CoeffAE, autoencoders.CoeffAEConfig),
         "image_encoder": (inversion.ImageEncoder, inversion.ImageEncoderConfig),
         "mapping_net": (mapping.MappingNet, mapping.MappingNetConfig),
+        "latent_prior": (latent_prior.GaussianLatentPrior, latent_prior.LatentPriorConfig),
     }
     if kind not in table:
         raise UserError(f"unknown perception model kind {kind!r}; known: {', '.join(table)}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..common.errors import UserError
 
 
@@ -38,6 +40,8 @@ def register(sub) -> None:
     gn.add_argument("--weights", default=None, help="weights directory (default shipped)")
     gn.add_argument("--num", type=int, default=1000)
     gn.add_argument("--truncation", type=float, default=1.0)
+    gn.add_argument("--prior", choices=("auto", "fitted", "normal"), default="auto",
+                    help="sample w from the fitted latent prior (auto: when shipped) or mapping(z)")
     gn.add_argument("--out", default=None)
     gn.set_defaults(func=_eval_generator)
     ed = esub.add_parser("editing", help="inversion PSNR/SSIM, text and mask edit success and preservation")
@@ -59,9 +63,16 @@ def _eval_generator(a) -> int:
         raise UserError("--num must be at least 20")
     if a.out:
         check_output_file(a.out)
-    comp = load_components(a.weights, need=("generator", "controls"))
+    from ..cli.sample import load_prior
+    from ..pipeline.core import COMPONENT_FILES, default_weights_dir
+
+    d = Path(a.weights) if a.weights else default_weights_dir()
+    comp = load_components(d, need=("generator", "controls"))
+    prior = load_prior(d / COMPONENT_FILES["generator"], a.prior)
+    enc = load_components(d, need=("image_encoder",))["image_encoder"] if (d / COMPONENT_FILES["image_encoder"]).exists() else None
     c = comp["controls"]
-    report = evaluate_generator(comp["generator"], c.encoder, num=a.num, truncation=a.truncation, parser=c.parser)
+    report = evaluate_generator(comp["generator"], c.encoder, num=a.num, truncation=a.truncation, parser=c.parser,
+                                prior=prior, image_encoder=enc)
     report["generator_training"] = comp["generator_info"]
     return _emit(report, a)
 

@@ -15,6 +15,10 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncation", type=float, default=0.7, help="truncation psi around w_avg (1 = none)")
     p.add_argument("--weights", default=None, help="generator checkpoint (default: the shipped world generator)")
+    p.add_argument("--prior", choices=("auto", "fitted", "normal"), default="auto",
+                   help="where w comes from: 'fitted' = the Gaussian fitted to encoded training renders "
+                   "(latent_prior.safetensors beside the generator), 'normal' = mapping(z), z ~ N(0, I); "
+                   "'auto' (default) = fitted when that file exists")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--grid", default=None, help="also write all samples as one grid PNG here")
     p.set_defaults(func=_sample)
@@ -28,17 +32,42 @@ def default_generator_path() -> Path:
     return p
 
 
-def sample_generator(G, num: int, seed: int, truncation: float, batch: int = 16):
-    """Deterministic samples: z from a seeded generator, constant noise. Returns (uint8 NHWC, w)."""
+def prior_path_for(generator_path: Path) -> Path:
+    """Where the fitted latent prior of a generator file lives (beside it)."""
+    return Path(generator_path).with_name("latent_prior.safetensors")
+
+
+def load_prior(generator_path: Path, choice: str = "auto"):
+    """The fitted latent prior for ``choice`` 'fitted'/'auto' (None for 'normal', or 'auto' without a file)."""
+    if choice == "normal":
+        return None
+    p = prior_path_for(generator_path)
+    if not p.exists():
+        if choice == "fitted":
+            raise UserError(f"no fitted latent prior at {p}; fit one with 'mm2latent train latent-prior'")
+        return None
+    from ..perception import load_module_file
+
+    return load_module_file(p, "latent_prior")
+
+
+def sample_generator(G, num: int, seed: int, truncation: float, batch: int = 16, prior=None):
+    """Deterministic samples: z (or, with a fitted ``prior``, w) from a seeded generator,
+    constant noise. Returns (uint8 NHWC, w)."""
     import numpy as np
     import torch
 
     g = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(num, G.z_dim, generator=g)
+    if prior is not None:
+        if prior.config.dim != G.w_dim:
+            raise UserError(f"the latent prior is {prior.config.dim}-d but the generator's w is {G.w_dim}-d")
+        w_all = prior.sample(num, g, truncation)
+    else:
+        z = torch.randn(num, G.z_dim, generator=g)
     imgs, ws = [], []
     with torch.no_grad():
         for i in range(0, num, batch):
-            w = G.mapping(z[i:i + batch], truncation_psi=truncation)
+            w = w_all[i:i + batch] if prior is not None else G.mapping(z[i:i + batch], truncation_psi=truncation)
             x = G.synthesis(w, noise_mode="const")
             imgs.append(x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
             ws.append(w.numpy())
@@ -59,8 +88,10 @@ def _sample(a) -> int:
         raise UserError("--truncation must lie in [0, 2]")
     grid_path = check_output_file(a.grid) if a.grid else None
     out = check_writable_dir(a.out)
-    G = load_generator(a.weights or default_generator_path()).eval()
-    imgs, ws = sample_generator(G, a.num, a.seed, a.truncation)
+    gpath = Path(a.weights) if a.weights else default_generator_path()
+    G = load_generator(gpath).eval()
+    prior = load_prior(gpath, a.prior)
+    imgs, ws = sample_generator(G, a.num, a.seed, a.truncation, prior=prior)
     for i in progress(range(a.num), desc="writing", unit="img"):
         save_image(out / f"{i:06d}.png", imgs[i])
     with atomic_path(out / "latents.npy") as tmp:
@@ -68,5 +99,51 @@ def _sample(a) -> int:
             np.save(f, ws)
     if grid_path:
         save_image(grid_path, make_grid(imgs, int(np.ceil(np.sqrt(a.num)))))
-    print(f"wrote {a.num} samples and latents.npy (w, shape {ws.shape}) to {out}")
+    src = "the fitted latent prior" if prior is not None else "mapping(z), z ~ N(0, I)"
+    print(f"wrote {a.num} samples (w from {src}) and latents.npy (w, shape {ws.shape}) to {out}")
+    return 0
+
+
+def add_train_latent_prior(models) -> None:
+    p = models.add_parser(
+        "latent-prior", help="fit the generator's sampling prior: a Gaussian over w of encoded training renders",
+        description="Encode world renders with the image encoder, map them to w, and fit a full-covariance "
+        "Gaussian (see mm2latent.models.latent_prior). 'mm2latent sample' draws from it when it lies beside "
+        "the generator as latent_prior.safetensors.")
+    p.add_argument("--data", required=True, metavar="CACHE_DIR", help="world cache of training renders")
+    p.add_argument("--out", required=True, metavar="PATH", help="output .safetensors (e.g. WEIGHTS/latent_prior.safetensors)")
+    p.add_argument("--weights", default=None, help="weights directory with generator + image_encoder (default shipped)")
+    p.add_argument("--num", type=int, default=20000, help="renders to encode (default 20000, at most the cache)")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_fit_prior)
+
+
+def _fit_prior(a) -> int:
+    import torch
+
+    from ..common.fileio import check_output_file
+    from ..models.latent_prior import GaussianLatentPrior, encode_latents
+    from ..perception import save_module
+    from ..pipeline import load_components
+    from ..world.cache import CachedWorldDataset
+
+    if a.num <= 0:
+        raise UserError("--num must be positive")
+    out = check_output_file(a.out)
+    if Path(out).suffix != ".safetensors":
+        raise UserError(f"--out must be a .safetensors path, got {a.out}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    comp = load_components(a.weights, need=("generator", "image_encoder"))
+    G, E = comp["generator"].eval(), comp["image_encoder"].eval()
+    data = CachedWorldDataset(a.data, length=a.num)
+    n = len(data)
+    if n <= G.w_dim:
+        raise UserError(f"need more than {G.w_dim} renders to fit the prior, got {n}")
+    ws = encode_latents(G, E, data)
+    prior = GaussianLatentPrior.fit(ws)
+    info = {"fitted": {"data": str(a.data), "num": n, "generator": comp["generator_info"],
+                       "mean_norm": float(prior.mean.norm()), "total_std": float(torch.cov(ws.double().T).trace().sqrt())}}
+    save_module(prior, out, half=False, extra=info)
+    print(f"fitted a Gaussian over w to {n} encoded renders -> {out}")
     return 0

@@ -58,19 +58,36 @@ def class_frequencies(masks: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, seed: int = 0, parser=None) -> dict:
+def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, seed: int = 0, parser=None,
+                       prior=None, image_encoder=None) -> dict:
+    """Realism of samples against held-out renders. With a fitted ``prior`` the samples
+    ("generated") draw w from it, and "generated_normal" adds mapping(z), z ~ N(0, I), for
+    comparison; with the ``image_encoder`` "reconstructed" adds the generator's
+    reconstructions of other renders (what the decoder can do at best)."""
     from ..cli.sample import sample_generator
 
+    def to_float(u8):
+        return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
     size = G.cfg.resolution
-    gen_u8, _ = sample_generator(G, num, seed, truncation)
-    gen = torch.from_numpy(gen_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    gen = to_float(sample_generator(G, num, seed, truncation, prior=prior)[0])
     test, test_masks = render_split("test", num, size)
     other, _ = render_split("val", num, size)
-    feats = {name: encoder_features(encoder, x) for name, x in
-             (("test", test), ("generated", gen), ("renders_val", other), ("blurred_val", blur(other)))}
+    sets = [("test", test), ("generated", gen), ("renders_val", other), ("blurred_val", blur(other))]
+    if prior is not None:
+        sets.append(("generated_normal", to_float(sample_generator(G, num, seed, truncation)[0])))
+    if image_encoder is not None:
+        from ..models.latent_prior import encode_latents
+
+        with torch.no_grad():
+            w = encode_latents(G, image_encoder, other, progress_desc=None)
+            rec = torch.cat([G.synthesis(G.broadcast(w[i:i + 64]), noise_mode="const") for i in range(0, num, 64)])
+        sets.append(("reconstructed_val", rec.clamp(-1, 1)))
+    feats = {name: encoder_features(encoder, x) for name, x in sets}
     ref = feats["test"]
-    out: dict = {"num": num, "truncation": truncation, "feature_space": "world CLIP image tower, unnormalised 512-d"}
-    for name in ("generated", "renders_val", "blurred_val"):
+    out: dict = {"num": num, "truncation": truncation, "feature_space": "world CLIP image tower, unnormalised 512-d",
+                 "sampling": "w from the fitted latent prior" if prior is not None else "mapping(z), z ~ N(0, I)"}
+    for name in [n for n, _ in sets if n != "test"]:
         kid, kid_std = kernel_inception_distance(feats[name], ref, subset_size=min(1000, num))
         out[name] = {"frechet": frechet_distance(feats[name], ref), "kid": kid, "kid_std": kid_std}
     if parser is not None:

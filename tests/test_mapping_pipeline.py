@@ -411,3 +411,35 @@ def test_cli_eval_generator(weights, capsys):
     assert main(["eval", "generator", "--weights", str(weights), "--num", "20"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert {"generated", "renders_val", "blurred_val"} <= set(rep) and rep["generated"]["frechet"] >= 0
+
+
+def test_pipeline_and_generator_eval_use_a_fitted_latent_prior(weights, tmp_path, capsys):
+    """With latent_prior.safetensors beside the weights: truncation pulls towards its
+    mean, variation draws from it, and `eval generator` reports fitted vs N(0, I)
+    sampling and reconstructions."""
+    import shutil
+
+    from mm2latent.models.latent_prior import GaussianLatentPrior
+    from mm2latent.perception import save_module
+
+    d = tmp_path / "w"
+    shutil.copytree(weights, d, ignore=shutil.ignore_patterns("_*"))
+    g = torch.Generator().manual_seed(0)
+    prior = GaussianLatentPrior.fit(torch.randn(400, 16, generator=g) * 0.1 + 2.0)
+    save_module(prior, d / "latent_prior.safetensors", half=False)
+    pipe = Pipeline.from_pretrained(d)
+    assert pipe.latent_prior is not None and torch.equal(pipe.w_center, prior.mean)
+    emb = pipe.embed(text="a man")
+    ws = pipe.latents(emb, [0, 1], truncation=0.0)
+    assert torch.allclose(ws, prior.mean.expand_as(ws))
+    # variation 1 replaces the finest layers by a prior sample drawn from the seed
+    wv = pipe.latents(emb, [3], variation=1.0, variation_layers=2)
+    w0 = pipe.latents(emb, [3])
+    assert torch.equal(wv, pipe.latents(emb, [3], variation=1.0, variation_layers=2))
+    assert torch.equal(wv[0, :-2], w0[0, :-2]) and torch.equal(wv[0, -2], wv[0, -1])
+    assert (wv[0, -1] - prior.mean).abs().max() < 0.6 < (w0[0, -1] - prior.mean).abs().max()
+    plain = Pipeline.from_pretrained(weights)
+    assert plain.latent_prior is None and torch.equal(plain.w_center, plain.G.w_avg)
+    assert main(["eval", "generator", "--weights", str(d), "--num", "20"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert {"generated", "generated_normal", "reconstructed_val"} <= set(rep) and "fitted" in rep["sampling"]

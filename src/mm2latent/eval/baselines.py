@@ -1,9 +1,11 @@
 """Baselines that MM2Latent is compared against, on the same inputs.
 
 * :func:`optimise_latents` -- TediGAN-style latent optimisation: start from the
-  generator's mean w, optimise a W+ code per face by Adam on
+  pipeline's centre w (the fitted latent prior's mean -- the mean w of real
+  renders -- when shipped, else the generator's w_avg), optimise a W+ code per
+  face by Adam on
   ``-text_weight * cos(E_img(G(w)), E_txt(text)) + seg_weight * CE(parser(G(w)), mask)
-  + reg_weight * ||w - w_avg||^2`` for ``steps`` steps. Strong (it sees the
+  + reg_weight * ||w - w_centre||^2`` for ``steps`` steps. Strong (it sees the
   judges' own kind of signal at every step) and slow (a generator, parser and
   image-encoder forward and backward per step); a batch of faces is optimised
   together, each with its own loss.
@@ -39,7 +41,7 @@ def optimise_latents(pipe, text_emb: torch.Tensor | None, masks: torch.Tensor | 
         raise ValueError("the baseline needs text and/or masks")
     G, c = pipe.G, pipe.controls
     b = len(text_emb) if text_emb is not None else len(masks)
-    w_avg = G.w_avg.detach()
+    w_avg = pipe.w_center.detach()
     start = w_avg.expand(b, -1)
     ws = (G.broadcast(start) if cfg.wplus else start).clone().requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=cfg.lr)

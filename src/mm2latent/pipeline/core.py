@@ -19,7 +19,10 @@ Gaussian noise MappingNet was trained with (its measured image-text gap,
 faces that the same caption describes equally well; the seed also draws the
 synthesis network's per-layer noise (fine texture). With ``variation > 0``
 the finest ``variation_layers`` style layers are additionally mixed towards a
-random w drawn from the seed. Same inputs + same seed -> the same image.
+random w drawn from the seed -- from the fitted latent prior when the weights
+have one (``latent_prior.safetensors``: w of real renders, where the decoder is
+good), else mapping(z) -- and truncation pulls towards that prior's mean. Same
+inputs + same seed -> the same image.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ COMPONENT_FILES = {
     "coeff_ae": "coeff_ae.safetensors",
     "mapping_net": "mapping_net.safetensors",
     "image_encoder": "image_encoder.safetensors",
+    "latent_prior": "latent_prior.safetensors",
 }
 CONTROL_PARTS = ("encoder", "parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
 
@@ -83,7 +87,7 @@ def load_components(weights: str | os.PathLike | None = None,
             f = _file(d, "generator")
             out["generator"] = load_generator(f)
             out["generator_info"] = json.loads(f.with_suffix(".json").read_text()).get("training", {})
-        elif name in ("mapping_net", "image_encoder"):
+        elif name in ("mapping_net", "image_encoder", "latent_prior"):
             f = _file(d, name)
             out[name] = load_module_file(f, name)
             out[name + "_info"] = json.loads(f.with_suffix(".json").read_text())
@@ -206,8 +210,12 @@ class Pipeline(EditingMixin):
     """Multimodal face generation with MappingNet (see module docstring); editing in :mod:`.editing`."""
 
     def __init__(self, generator, controls: ControlEncoders, mapping_net, image_encoder=None,
-                 text_noise_std: float = 0.0, info: dict | None = None):
+                 text_noise_std: float = 0.0, info: dict | None = None, latent_prior=None):
         self.G = generator.eval().requires_grad_(False)
+        self.latent_prior = latent_prior.eval() if latent_prior is not None else None
+        if self.latent_prior is not None and self.latent_prior.config.dim != self.G.w_dim:
+            raise UserError(f"the latent prior is {self.latent_prior.config.dim}-d but the generator's w is "
+                            f"{self.G.w_dim}-d: they were not made together")
         self.controls = controls
         self.mapping = mapping_net.eval().requires_grad_(False)
         self.image_encoder = image_encoder.eval().requires_grad_(False) if image_encoder is not None else None
@@ -218,12 +226,12 @@ class Pipeline(EditingMixin):
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> "Pipeline":
         comp = load_components(path)
         d = Path(path) if path is not None else default_weights_dir()
-        enc = None
-        if (d / COMPONENT_FILES["image_encoder"]).exists():
-            enc = load_components(d, need=("image_encoder",))["image_encoder"]
+        optional = {name: load_components(d, need=(name,))[name] if (d / COMPONENT_FILES[name]).exists() else None
+                    for name in ("image_encoder", "latent_prior")}
         minfo = comp["mapping_net_info"]
-        pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], enc,
-                   text_noise_std=float(minfo.get("text_noise_std", 0.0)), info={"weights": str(d)})
+        pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], optional["image_encoder"],
+                   text_noise_std=float(minfo.get("text_noise_std", 0.0)), info={"weights": str(d)},
+                   latent_prior=optional["latent_prior"])
         if pipe.mapping.config.w_dim != pipe.G.w_dim:
             raise UserError(f"mapping_net in {d} outputs {pipe.mapping.config.w_dim}-d w but the generator takes "
                             f"{pipe.G.w_dim}-d w: they were not trained together")
@@ -274,14 +282,22 @@ class Pipeline(EditingMixin):
         w = self.mapping(emb, batch=b)
         ws = self.G.broadcast(w)
         if variation > 0:
-            z = torch.stack([torch.randn(self.G.z_dim, generator=g) for g in gens])
-            w_rand = self.G.mapping(z)
+            if self.latent_prior is not None:
+                w_rand = torch.cat([self.latent_prior.sample(1, g) for g in gens])
+            else:
+                w_rand = self.G.mapping(torch.stack([torch.randn(self.G.z_dim, generator=g) for g in gens]))
             k = max(0, min(variation_layers, self.G.num_ws))
             ws = ws.clone()
             ws[:, self.G.num_ws - k:] = ws[:, self.G.num_ws - k:].lerp(w_rand[:, None], float(variation))
         if truncation != 1.0:
-            ws = self.G.truncate(ws, truncation)
+            ws = self.w_center.lerp(ws, truncation)
         return ws
+
+    @property
+    def w_center(self) -> torch.Tensor:
+        """Where truncation pulls: the fitted prior's mean (the mean w of real renders) if
+        shipped, else the generator's tracked w_avg."""
+        return self.latent_prior.mean if self.latent_prior is not None else self.G.w_avg
 
     @torch.no_grad()
     def synthesize(self, ws: torch.Tensor, seeds: Sequence[int] | None = None) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """Write the committed figures of docs/figures/ from the shipped weights.
 
 * teaser.png -- rows of input mask/sketch + caption, outputs for 3 seeds (eval.figures.teaser);
-* generator_samples.png -- 8x8 truncation-0.7 samples G(z), z ~ N(0, I) (top) and, for
-  comparison, 8x8 samples from the encoder's aggregate posterior over test renders;
+* generator_samples_fitted.png -- 8x8 truncation-0.7 samples with w from the fitted latent
+  prior (what `mm2latent sample` draws); generator_samples_prior.png -- the same with
+  mapping(z), z ~ N(0, I); generator_samples_posterior.png -- reconstructions of 64 test
+  renders through the encoder's posterior (the decoder's best case);
 * editing_real_photos.png -- the four real CelebAMask-HQ photos: aligned input, inversion,
   and edits by text and by mask;
 * editing_world.png -- the same sheet for four held-out world renders.
@@ -58,6 +60,11 @@ def main() -> None:
     def u8(x):
         return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
+    if pipe.latent_prior is not None:
+        from mm2latent.cli.sample import sample_generator
+
+        fitted, _ = sample_generator(G, 64, 0, 0.7, prior=pipe.latent_prior)
+        save_image(out / "generator_samples_fitted.png", make_grid(fitted, 8))
     save_image(out / "generator_samples_prior.png", make_grid(u8(prior), 8))
     save_image(out / "generator_samples_posterior.png", make_grid(u8(post), 8))
     real = sorted(REAL.glob("*.jpg"))

@@ -347,6 +347,37 @@ def test_full_report_runs_and_resumes(weights, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_baseline_tuning_on_validation_feeds_the_report(weights, tmp_path, capsys):
+    """tune-baseline searches the grid on the validation split (never the test split)
+    and its best settings drive the report's optimisation rows."""
+    from mm2latent.eval.baselines import tune_optimisation
+    from mm2latent.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(weights)
+    grid = {"lr": (0.01, 0.1), "reg_weight": (0.02,)}
+    res = tune_optimisation(pipe, num=3, steps=2, grid=grid, batch=2)
+    assert res["split"] == "val" and len(res["rows"]) == 2
+    assert all(0 <= r["text_fidelity"] <= 1 and 0 <= r["mask_miou"] <= 1 for r in res["rows"])
+    best = max(res["rows"], key=lambda r: r["score"])
+    assert res["best"] == {"lr": best["lr"], "reg_weight": best["reg_weight"]}
+    with pytest.raises(ValueError, match="validation"):
+        tune_optimisation(pipe, num=2, steps=1, grid=grid, split="test")
+    tuned = tmp_path / "tuning.json"
+    tuned.write_text(json.dumps({"best": {"lr": 0.05, "reg_weight": 0.01, "seg_weight": 2.0}}))
+    out = tmp_path / "rep"
+    assert main(["eval", "--out", str(out), "--num", "10", "--weights", str(weights), "--opt-steps", "2",
+                 "--bank", "12", "--baseline-config", str(tuned)]) == 0
+    cfg = json.loads((out / "report.json").read_text())["config"]
+    assert cfg["optimisation_settings"] == {"lr": 0.05, "reg_weight": 0.01, "seg_weight": 2.0}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"best": {"steps": "many"}}))
+    capsys.readouterr()
+    assert main(["eval", "--out", str(tmp_path / "r2"), "--num", "10", "--weights", str(weights),
+                 "--baseline-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "'best' must map" in err and len(err.strip().splitlines()) == 1
+
+
 def test_mapping_data_from_the_posterior(weights, tmp_path):
     from mm2latent.perception import load_module_file
     from mm2latent.train.mapping_data import chunk_z

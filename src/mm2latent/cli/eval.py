@@ -23,6 +23,8 @@ def register(sub) -> None:
     e.add_argument("--ablation", action="append", default=[], metavar="NAME=MAPPING_NET.safetensors",
                    help="extra MappingNet to compare (repeatable)")
     e.add_argument("--bank", type=int, default=2000, help="training renders for the retrieval floor")
+    e.add_argument("--baseline-config", default=None, metavar="TUNING.json",
+                   help="optimisation-baseline settings: the 'best' of a 'mm2latent eval tune-baseline' file")
     esub = e.add_subparsers(dest="eval_target", metavar="TARGET", parser_class=type(e))
     add_eval_encoder(esub)
     register_eval_subcommands(esub)
@@ -44,6 +46,13 @@ def register(sub) -> None:
                     help="sample w from the fitted latent prior (auto: when shipped) or mapping(z)")
     gn.add_argument("--out", default=None)
     gn.set_defaults(func=_eval_generator)
+    tb = esub.add_parser("tune-baseline", help="grid-search the optimisation baseline's settings on the "
+                         "validation split (text fidelity + mask mIoU); feed the result to --baseline-config")
+    tb.add_argument("--weights", default=None)
+    tb.add_argument("--num", type=int, default=16, help="validation faces (default 16)")
+    tb.add_argument("--steps", type=int, default=100, help="optimisation steps per face (default 100)")
+    tb.add_argument("--out", default=None)
+    tb.set_defaults(func=_eval_tune_baseline)
     ed = esub.add_parser("editing", help="inversion PSNR/SSIM, text and mask edit success and preservation")
     ed.add_argument("--weights", default=None)
     ed.add_argument("--num", type=int, default=200)
@@ -75,6 +84,36 @@ def _eval_generator(a) -> int:
                                 prior=prior, image_encoder=enc)
     report["generator_training"] = comp["generator_info"]
     return _emit(report, a)
+
+
+def _eval_tune_baseline(a) -> int:
+    from ..common.fileio import check_output_file
+    from ..eval.baselines import tune_optimisation
+    from ..pipeline import Pipeline
+
+    if a.num < 2 or a.steps < 1:
+        raise UserError("--num must be at least 2 and --steps at least 1")
+    if a.out:
+        check_output_file(a.out)
+    return _emit(tune_optimisation(Pipeline.from_pretrained(a.weights), num=a.num, steps=a.steps), a)
+
+
+def _baseline_settings(path: str | None) -> dict | None:
+    """The ``best`` settings of a tune-baseline file (clear errors for anything else)."""
+    import json
+
+    if path is None:
+        return None
+    try:
+        best = json.loads(Path(path).read_text())["best"]
+    except FileNotFoundError:
+        raise UserError(f"baseline config {path} not found") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a 'mm2latent eval tune-baseline' result (no 'best' settings)") from None
+    allowed = {"lr", "reg_weight", "seg_weight", "text_weight"}
+    if not isinstance(best, dict) or not set(best) <= allowed or not all(isinstance(v, (int, float)) for v in best.values()):
+        raise UserError(f"{path}: 'best' must map {sorted(allowed)} to numbers")
+    return {k: float(v) for k, v in best.items()}
 
 
 def _eval_editing(a) -> int:
@@ -126,6 +165,7 @@ def _full_report(a) -> int:
     if a.num < 10:
         raise UserError("--num must be at least 10")
     check_writable_dir(a.out)
+    settings = _baseline_settings(a.baseline_config)
     pipe = Pipeline.from_pretrained(a.weights)
     ablations = {}
     for spec in a.ablation:
@@ -137,8 +177,8 @@ def _full_report(a) -> int:
         _, meta = load_checkpoint(path, expect_kind="mapping_net")  # clear errors for missing/wrong files
         net = load_module_file(path, "mapping_net")
         std = float(meta.get("text_noise_std", 0.0))
-        ablations[name] = Pipeline(pipe.G, pipe.controls, net, None, text_noise_std=std)
-    run_report(pipe, a.out, a.num, a.seed, tuple(a.opt_steps), ablations, a.bank)
+        ablations[name] = Pipeline(pipe.G, pipe.controls, net, None, text_noise_std=std, latent_prior=pipe.latent_prior)
+    run_report(pipe, a.out, a.num, a.seed, tuple(a.opt_steps), ablations, a.bank, baseline_settings=settings)
     print((Path(a.out) / "report.md").read_text())
     return 0
 

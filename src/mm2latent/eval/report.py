@@ -50,7 +50,7 @@ def _mm2latent(pipe, data, use, key="caption", batch=25) -> Callable[[], torch.T
     return run
 
 
-def _optimisation(pipe, data, steps, batch=25):
+def _optimisation(pipe, data, steps, batch=25, settings: dict | None = None):
     from .baselines import OptimisationConfig, optimise_latents
 
     def run():
@@ -59,7 +59,7 @@ def _optimisation(pipe, data, steps, batch=25):
         for a in progress(range(0, n, batch), desc=f"optimisation {steps}", unit="batch"):
             sl = slice(a, min(n, a + batch))
             ws, _ = optimise_latents(pipe, pipe.controls.embed_text(data["caption"][sl]), data["mask"][sl],
-                                     OptimisationConfig(steps=steps))
+                                     OptimisationConfig(steps=steps, **(settings or {})))
             with torch.no_grad():
                 out.append(pipe.G.synthesis(ws, noise_mode="const"))
         return torch.cat(out)
@@ -105,7 +105,10 @@ def _cached(cache: Path, name: str, fn: Callable[[], torch.Tensor]) -> tuple[tor
 
 
 def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisation_steps=(100,),
-               ablations: dict[str, Any] | None = None, bank_size: int = 2000) -> dict[str, Any]:
+               ablations: dict[str, Any] | None = None, bank_size: int = 2000,
+               baseline_settings: dict | None = None) -> dict[str, Any]:
+    """``baseline_settings``: the optimisation baseline's lr/reg_weight/seg_weight (e.g. the
+    ``best`` of ``mm2latent eval tune-baseline`` on the validation split); defaults otherwise."""
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,8 @@ def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisatio
         methods[f"mm2latent/{name}"] = (_mm2latent(pipe, data, use), use)
     methods["mm2latent/text (held-out grammar)"] = (_mm2latent(pipe, data, ("text",), "caption_heldout"), ("text",))
     for k in optimisation_steps:
-        methods[f"optimisation-{k}/text+mask"] = (_optimisation(pipe, data, k), ("text", "mask"))
+        methods[f"optimisation-{k}/text+mask"] = (_optimisation(pipe, data, k, settings=baseline_settings),
+                                                  ("text", "mask"))
     for abl_name, abl_pipe in (ablations or {}).items():
         methods[f"ablation/{abl_name}/text+mask"] = (_mm2latent(abl_pipe, data, ("text", "mask")), ("text", "mask"))
         methods[f"ablation/{abl_name}/text"] = (_mm2latent(abl_pipe, data, ("text",)), ("text",))
@@ -157,6 +161,7 @@ def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisatio
                               "mask_miou": mean_iou(confusion_matrix(ceiling["mask"], tmask))},
         "config": {"weights": pipe.info.get("weights"), "text_noise_std": pipe.text_noise_std,
                    "optimisation_steps": list(optimisation_steps), "retrieval_bank": bank_size,
+                   "optimisation_settings": baseline_settings or "defaults (eval.baselines.OptimisationConfig)",
                    "threads": torch.get_num_threads()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
     }

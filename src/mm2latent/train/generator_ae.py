@@ -282,7 +282,8 @@ def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:
 
     info = {"training": {"method": "autoencoding StyleGAN2 (VAE-GAN)", "step": trainer.step,
                          "kimg": trainer.nimg / 1000, "minutes": round(trainer.elapsed / 60, 1),
-                         "data": trainer.opts.data}}
+                         "data": trainer.opts.data, "last_phase": "synthesis-only adversarial sharpening "
+                         "(encoder and mapping frozen)" if trainer.opts.freeze_latents else "autoencoder"}}
     save_generator(run_dir / "generator", trainer.G_ema, dtype=torch.float16, extra=info)
     save_module(trainer.E_ema, run_dir / "image_encoder.safetensors", half=True, extra=info)
 

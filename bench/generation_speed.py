@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,13 +48,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[100])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")
+    ap.add_argument("--baseline-config", default=None, metavar="TUNING.json",
+                    help="baseline settings tuned on the validation split (mm2latent eval tune-baseline)")
     a = ap.parse_args()
+    settings = None
+    if a.baseline_config:
+        settings = {k: float(v) for k, v in json.loads(Path(a.baseline_config).read_text())["best"].items()}
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = Pipeline.from_pretrained(a.weights)
     data = render_test(a.num, pipe.resolution)
     n, bsz = a.num, a.batch
-    res = {"num": n, "batch": bsz, "threads": torch.get_num_threads()}
+    res = {"num": n, "batch": bsz, "threads": torch.get_num_threads(),
+           "baseline_settings": settings or "defaults (eval.baselines.OptimisationConfig)"}
 
     def batches():
         for i in range(0, n, bsz):
@@ -91,7 +98,7 @@ def main() -> None:
         t = time.perf_counter()
         for sl in batches():
             te = pipe.controls.embed_text(data["caption"][sl])
-            ws, _ = optimise_latents(pipe, te, data["mask"][sl], OptimisationConfig(steps=steps))
+            ws, _ = optimise_latents(pipe, te, data["mask"][sl], OptimisationConfig(steps=steps, **(settings or {})))
             with torch.no_grad():
                 outs.append(pipe.G.synthesis(ws, noise_mode="const"))
         key = f"optimisation_{steps}"

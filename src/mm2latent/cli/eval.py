@@ -51,6 +51,9 @@ def register(sub) -> None:
     tb.add_argument("--weights", default=None)
     tb.add_argument("--num", type=int, default=16, help="validation faces (default 16)")
     tb.add_argument("--steps", type=int, default=100, help="optimisation steps per face (default 100)")
+    tb.add_argument("--lr", type=float, nargs="+", default=None, help="learning rates to try (default: TUNING_GRID)")
+    tb.add_argument("--reg-weight", type=float, nargs="+", default=None, help="pulls to the mean w to try")
+    tb.add_argument("--seg-weight", type=float, nargs="+", default=None, help="mask cross-entropy weights to try")
     tb.add_argument("--out", default=None)
     tb.set_defaults(func=_eval_tune_baseline)
     ed = esub.add_parser("editing", help="inversion PSNR/SSIM, text and mask edit success and preservation")
@@ -95,7 +98,12 @@ def _eval_tune_baseline(a) -> int:
         raise UserError("--num must be at least 2 and --steps at least 1")
     if a.out:
         check_output_file(a.out)
-    return _emit(tune_optimisation(Pipeline.from_pretrained(a.weights), num=a.num, steps=a.steps), a)
+    from ..eval.baselines import TUNING_GRID
+
+    grid = {k: tuple(getattr(a, k) or v) for k, v in TUNING_GRID.items()}
+    if min(grid["lr"]) <= 0 or min(grid["seg_weight"]) <= 0 or min(grid["reg_weight"]) < 0:
+        raise UserError("grid values must be positive (--reg-weight may be 0)")
+    return _emit(tune_optimisation(Pipeline.from_pretrained(a.weights), num=a.num, steps=a.steps, grid=grid), a)
 
 
 def _baseline_settings(path: str | None) -> dict | None:

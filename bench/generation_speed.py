@@ -22,13 +22,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from mm2latent.eval.baselines import OptimisationConfig, optimise_latents  # noqa: E402
+from mm2latent.eval.baselines import OptimisationConfig, load_tuned_settings, optimise_latents  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
 from mm2latent.pipeline import Pipeline  # noqa: E402
@@ -51,9 +50,7 @@ def main() -> None:
     ap.add_argument("--baseline-config", default=None, metavar="TUNING.json",
                     help="baseline settings tuned on the validation split (mm2latent eval tune-baseline)")
     a = ap.parse_args()
-    settings = None
-    if a.baseline_config:
-        settings = {k: float(v) for k, v in json.loads(Path(a.baseline_config).read_text())["best"].items()}
+    settings = load_tuned_settings(a.baseline_config)
     if a.threads:
         torch.set_num_threads(a.threads)
     pipe = Pipeline.from_pretrained(a.weights)

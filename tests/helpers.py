@@ -54,6 +54,26 @@ def build_tiny_weights(d: Path, data_dir: Path | None = None, run_dir: Path | No
     return d
 
 
+def sigkill_when(proc, ready, timeout: float, poll: float = 0.02) -> None:
+    """Wait until ``ready()`` (the process must stay alive meanwhile, within ``timeout`` s),
+    then SIGKILL the process; it is killed in any case if the wait fails."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the process never got to the point where it is to be killed"
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+
+
 def write_world_cache(root: Path, num: int, size: int) -> Path:
     """A small world cache in the CachedWorldDataset format (train split, seed 0)."""
     import json

@@ -9,14 +9,13 @@ so the resume must fall back to the previous one with a warning.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
+from helpers import sigkill_when
 from mm2latent.train import state as st
 
 WORKER = r"""
@@ -88,21 +87,7 @@ def test_sigkill_and_damaged_checkpoint_then_exact_resume(which, cache, tmp_path
     env = dict(os.environ, OMP_NUM_THREADS="1", MM2LATENT_NO_PROGRESS="1")
     proc = subprocess.Popen([sys.executable, str(script), which, str(run), str(cache), "0"], env=env,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            found = _checkpoints(which, run)
-            if found and found[0][0] >= 5:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: bool((found := _checkpoints(which, run)) and found[0][0] >= 5), timeout=120, poll=0.005)
     killed_at, newest = _checkpoints(which, run)[0]
     assert killed_at < 14, "the run finished before it could be killed"
     blob = bytearray(newest.read_bytes())

@@ -4,11 +4,9 @@ fallback, disk-full handling, DiffAugment and data order. Tiny 16px models, sing
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers import sigkill_when
 from mm2latent.common.errors import UserError
 from mm2latent.train import stylegan2 as tr
 from mm2latent.train.stylegan2 import (
@@ -93,18 +92,7 @@ def test_sigkill_then_resume_is_bit_exact(tmp_path, png_dir):
     run = tmp_path / "killed"
     proc = subprocess.Popen(_cli(run, png_dir, "--kimg", "100", "--ckpt-every", "6"), env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 90
-        while not list_checkpoints(run):
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, lambda: bool(list_checkpoints(run)), timeout=90)
     killed_at = latest_good_checkpoint(run)[2]["step"]
     assert 6 <= killed_at < 24
 

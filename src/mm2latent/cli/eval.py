@@ -76,12 +76,12 @@ def _eval_generator(a) -> int:
     if a.out:
         check_output_file(a.out)
     from ..cli.sample import load_prior
-    from ..pipeline.core import COMPONENT_FILES, default_weights_dir
+    from ..pipeline.core import COMPONENT_FILES, default_weights_dir, load_optional
 
     d = Path(a.weights) if a.weights else default_weights_dir()
     comp = load_components(d, need=("generator", "controls"))
     prior = load_prior(d / COMPONENT_FILES["generator"], a.prior)
-    enc = load_components(d, need=("image_encoder",))["image_encoder"] if (d / COMPONENT_FILES["image_encoder"]).exists() else None
+    enc = load_optional(d, "image_encoder")
     c = comp["controls"]
     report = evaluate_generator(comp["generator"], c.encoder, num=a.num, truncation=a.truncation, parser=c.parser,
                                 prior=prior, image_encoder=enc)
@@ -91,37 +91,17 @@ def _eval_generator(a) -> int:
 
 def _eval_tune_baseline(a) -> int:
     from ..common.fileio import check_output_file
-    from ..eval.baselines import tune_optimisation
+    from ..eval.baselines import TUNING_GRID, tune_optimisation
     from ..pipeline import Pipeline
 
     if a.num < 2 or a.steps < 1:
         raise UserError("--num must be at least 2 and --steps at least 1")
     if a.out:
         check_output_file(a.out)
-    from ..eval.baselines import TUNING_GRID
-
     grid = {k: tuple(getattr(a, k) or v) for k, v in TUNING_GRID.items()}
     if min(grid["lr"]) <= 0 or min(grid["seg_weight"]) <= 0 or min(grid["reg_weight"]) < 0:
         raise UserError("grid values must be positive (--reg-weight may be 0)")
     return _emit(tune_optimisation(Pipeline.from_pretrained(a.weights), num=a.num, steps=a.steps, grid=grid), a)
-
-
-def _baseline_settings(path: str | None) -> dict | None:
-    """The ``best`` settings of a tune-baseline file (clear errors for anything else)."""
-    import json
-
-    if path is None:
-        return None
-    try:
-        best = json.loads(Path(path).read_text())["best"]
-    except FileNotFoundError:
-        raise UserError(f"baseline config {path} not found") from None
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{path} is not a 'mm2latent eval tune-baseline' result (no 'best' settings)") from None
-    allowed = {"lr", "reg_weight", "seg_weight", "text_weight"}
-    if not isinstance(best, dict) or not set(best) <= allowed or not all(isinstance(v, (int, float)) for v in best.values()):
-        raise UserError(f"{path}: 'best' must map {sorted(allowed)} to numbers")
-    return {k: float(v) for k, v in best.items()}
 
 
 def _eval_editing(a) -> int:
@@ -173,7 +153,9 @@ def _full_report(a) -> int:
     if a.num < 10:
         raise UserError("--num must be at least 10")
     check_writable_dir(a.out)
-    settings = _baseline_settings(a.baseline_config)
+    from ..eval.baselines import load_tuned_settings
+
+    settings = load_tuned_settings(a.baseline_config)
     pipe = Pipeline.from_pretrained(a.weights)
     ablations = {}
     for spec in a.ablation:

@@ -143,7 +143,7 @@ def _fit_prior(a) -> int:
     ws = encode_latents(G, E, data)
     prior = GaussianLatentPrior.fit(ws)
     info = {"fitted": {"data": str(a.data), "num": n, "generator": comp["generator_info"],
-                       "mean_norm": float(prior.mean.norm()), "total_std": float(torch.cov(ws.double().T).trace().sqrt())}}
+                       "mean_norm": float(prior.mean.norm()), "total_std": float(prior.chol.norm())}}
     save_module(prior, out, half=False, extra=info)
     print(f"fitted a Gaussian over w to {n} encoded renders -> {out}")
     return 0

@@ -65,6 +65,28 @@ def optimise_latents(pipe, text_emb: torch.Tensor | None, masks: torch.Tensor | 
     return G.broadcast(ws.detach()), {"seconds": time.perf_counter() - t0, "history": hist}
 
 
+def load_tuned_settings(path: str | None) -> dict | None:
+    """The ``best`` settings of a ``mm2latent eval tune-baseline`` result file (None for no file),
+    with one clear error for anything else."""
+    import json
+    from pathlib import Path
+
+    from ..common.errors import UserError
+
+    if path is None:
+        return None
+    try:
+        best = json.loads(Path(path).read_text())["best"]
+    except FileNotFoundError:
+        raise UserError(f"baseline config {path} not found") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a 'mm2latent eval tune-baseline' result (no 'best' settings)") from None
+    allowed = {"lr", "reg_weight", "seg_weight", "text_weight"}
+    if not isinstance(best, dict) or not set(best) <= allowed or not all(isinstance(v, (int, float)) for v in best.values()):
+        raise UserError(f"{path}: 'best' must map {sorted(allowed)} to numbers")
+    return {k: float(v) for k, v in best.items()}
+
+
 #: the grid searched by :func:`tune_optimisation` (learning rate x mean pull x mask weight)
 TUNING_GRID = {"lr": (0.01, 0.03, 0.1), "reg_weight": (0.002, 0.02), "seg_weight": (1.0, 3.0)}
 

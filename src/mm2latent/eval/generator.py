@@ -79,9 +79,8 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
     if image_encoder is not None:
         from ..models.latent_prior import encode_latents
 
-        with torch.no_grad():
-            w = encode_latents(G, image_encoder, other, progress_desc=None)
-            rec = torch.cat([G.synthesis(G.broadcast(w[i:i + 64]), noise_mode="const") for i in range(0, num, 64)])
+        w = encode_latents(G, image_encoder, other, progress_desc=None)
+        rec = torch.cat([G.synthesis(G.broadcast(w[i:i + 64]), noise_mode="const") for i in range(0, num, 64)])
         sets.append(("reconstructed_val", rec.clamp(-1, 1)))
     feats = {name: encoder_features(encoder, x) for name, x in sets}
     ref = feats["test"]

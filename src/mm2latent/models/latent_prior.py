@@ -6,9 +6,10 @@ through the mapping network, cover only part of what ``mapping(z)``,
 z ~ N(0, I), reaches, and the decoder is only good where it was trained. So
 unconditional samples come from a full-covariance Gaussian fitted, after
 training, to ``w = mapping(mu(x))`` over the training renders ("ex-post density
-estimation", as for regularised autoencoders): measured on the shipped
-generator it brings the Frechet distance of samples from 791 to 462, close to
-that of reconstructions of real renders (409; ``mm2latent eval generator``).
+estimation", as for regularised autoencoders): on the shipped generator the
+Frechet distance of truncation-0.7 samples to held-out renders is 152 from this
+prior against 386 from mapping(z), and 76 for reconstructions of real renders
+(``mm2latent eval generator --num 2000 --truncation 0.7``).
 
 The truncation trick applies around the fitted mean:
 ``w = mean + psi * L @ eps``, eps ~ N(0, I), L the Cholesky factor of the
@@ -77,8 +78,7 @@ class GaussianLatentPrior(nn.Module):
 
     def sample(self, num: int, generator: torch.Generator | None = None, truncation: float = 1.0) -> torch.Tensor:
         """(num, D) latents; ``truncation`` psi scales the deviation from the mean."""
-        eps = torch.randn(num, self.config.dim, generator=generator)
-        return self.mean + truncation * eps @ self.chol.T
+        return self(truncation * torch.randn(num, self.config.dim, generator=generator))
 
     def log_prob(self, w: torch.Tensor) -> torch.Tensor:
         """Gaussian log density of (N, D) latents (how typical a latent is)."""

@@ -96,6 +96,13 @@ def load_components(weights: str | os.PathLike | None = None,
     return out
 
 
+def load_optional(weights: str | os.PathLike, name: str) -> Any:
+    """Component ``name`` from a weights directory, or None when the directory has none
+    (image_encoder and latent_prior are optional)."""
+    d = Path(weights)
+    return load_components(d, need=(name,))[name] if (d / COMPONENT_FILES[name]).exists() else None
+
+
 # ---------------------------------------------------------------------------- user inputs
 
 
@@ -226,8 +233,7 @@ class Pipeline(EditingMixin):
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> "Pipeline":
         comp = load_components(path)
         d = Path(path) if path is not None else default_weights_dir()
-        optional = {name: load_components(d, need=(name,))[name] if (d / COMPONENT_FILES[name]).exists() else None
-                    for name in ("image_encoder", "latent_prior")}
+        optional = {name: load_optional(d, name) for name in ("image_encoder", "latent_prior")}
         minfo = comp["mapping_net_info"]
         pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], optional["image_encoder"],
                    text_noise_std=float(minfo.get("text_noise_std", 0.0)), info={"weights": str(d)},

@@ -32,6 +32,10 @@ def add_train_subcommands(models) -> None:
     g.add_argument("--lr", type=positive_float, default=0.002)
     g.add_argument("--kl-weight", type=float, default=2.5e-4)
     g.add_argument("--seg-weight", type=float, default=0.1)
+    g.add_argument("--attr-weight", type=float, default=0.0,
+                   help="analyzer attribute BCE on reconstructions vs the renderer's truth")
+    g.add_argument("--coeff-weight", type=float, default=0.0,
+                   help="analyzer pose/expression MSE on reconstructions vs the renderer's truth")
     g.add_argument("--adv-weight", type=float, default=0.05)
     g.add_argument("--adv-start", type=int, default=300, help="steps of reconstruction before adversarial terms")
     g.add_argument("--freeze-latents", action="store_true",
@@ -112,6 +116,7 @@ def _train_generator_ae(a) -> int:
         raise UserError("give a budget: --steps N and/or --minutes M")
     train_generator_ae(GeneratorAEOptions(out=a.out, data=a.data, minutes=a.minutes, steps=a.steps, batch=a.batch,
                                           lr=a.lr, kl_weight=a.kl_weight, seg_weight=a.seg_weight,
+                                          attr_weight=a.attr_weight, coeff_weight=a.coeff_weight,
                                           adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume,
                                           freeze_latents=a.freeze_latents))
     return 0

@@ -63,6 +63,13 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     enc_lr: float = 0.0005  # plain (not equalised-LR) convolutions: Adam at the generator's rate made KL spike
     kl_weight: float = 2.5e-4
     seg_weight: float = 0.1
+    #: frozen attribute/pose analyzer on reconstructions vs the renderer's truth: BCE over the world's
+    #: attributes (attr_weight) and MSE over the normalised coefficients (coeff_weight). The gradient
+    #: runs through synthesis *and* mapping/encoder, so w must carry what L1 barely rewards (smile,
+    #: beard, gender cues); the analyzer is also an evaluation judge (as ArcFace is in pSp/e4e)
+    attr_weight: float = 0.0
+    coeff_weight: float = 0.0
+    analyzer: str | None = None  # analyzer weights; None = the shipped analyzer
     adv_weight: float = 0.05
     adv_start: int = 300  # steps of pure reconstruction before the adversarial terms
     adv_every: int = 2  # lazy adversarial terms: every k-th step, weight scaled by k (halves D cost on CPU)
@@ -83,7 +90,8 @@ class GeneratorAEOptions(ckpt.OptionsDict):
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
-                 "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents")
+                 "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
+                 "analyzer")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -92,7 +100,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
             raise UserError("--adv-every and --r1-every must be >= 1")
         if self.batch < 2 or self.prior_batch < 0:
             raise UserError("--batch must be >= 2 and --prior-batch >= 0")
-        for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma"):
+        for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma", "attr_weight", "coeff_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         self.model_config()
@@ -133,6 +141,12 @@ class GeneratorAETrainer:
 
             self.parser = (load_module(None, "parser") if opts.parser is None
                            else load_module_file(opts.parser, "parser")).eval().requires_grad_(False)
+        self.analyzer = None
+        if opts.attr_weight > 0 or opts.coeff_weight > 0:
+            from ..perception import load_module, load_module_file
+
+            self.analyzer = (load_module(None, "analyzer") if opts.analyzer is None
+                             else load_module_file(opts.analyzer, "analyzer")).eval().requires_grad_(False)
         betas = (0.5, 0.99)
         self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
                                       {"params": list(self.E.parameters()), "lr": opts.enc_lr}], lr=opts.lr, betas=betas)
@@ -147,8 +161,9 @@ class GeneratorAETrainer:
     def nimg(self) -> int:
         return self.step * self.opts.batch
 
-    def _parser_input(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.parser.config.size
+    @staticmethod
+    def _resized(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
+        s = judge.config.size
         return x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
 
     def train_step(self) -> dict[str, float]:
@@ -179,12 +194,22 @@ class GeneratorAETrainer:
             loss = rec + o.kl_weight * kl
             stats["rec"], stats["kl"] = rec.item(), kl.item()
         if self.parser is not None:
-            logits = self.parser(self._parser_input(x_rec))
+            logits = self.parser(self._resized(x_rec, self.parser))
             if logits.shape[-1] != mask.shape[-1]:
                 logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
             seg = F.cross_entropy(logits, mask)
             loss = loss + o.seg_weight * seg
             stats["seg"] = seg.item()
+        if self.analyzer is not None:
+            attr_logits, coeffs = self.analyzer(self._resized(x_rec, self.analyzer))
+            if o.attr_weight > 0:
+                attr = F.binary_cross_entropy_with_logits(attr_logits, b["attributes"])
+                loss = loss + o.attr_weight * attr
+                stats["attr"] = attr.item()
+            if o.coeff_weight > 0:
+                coeff = F.mse_loss(coeffs, b["coeffs"])
+                loss = loss + o.coeff_weight * coeff
+                stats["coeff"] = coeff.item()
         x_pri = None
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()
@@ -283,7 +308,9 @@ def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:
     info = {"training": {"method": "autoencoding StyleGAN2 (VAE-GAN)", "step": trainer.step,
                          "kimg": trainer.nimg / 1000, "minutes": round(trainer.elapsed / 60, 1),
                          "data": trainer.opts.data, "last_phase": "synthesis-only adversarial sharpening "
-                         "(encoder and mapping frozen)" if trainer.opts.freeze_latents else "autoencoder"}}
+                         "(encoder and mapping frozen)" if trainer.opts.freeze_latents else "autoencoder",
+                         "losses": {k: getattr(trainer.opts, k) for k in ("kl_weight", "seg_weight", "attr_weight",
+                                                                         "coeff_weight", "adv_weight")}}}
     save_generator(run_dir / "generator", trainer.G_ema, dtype=torch.float16, extra=info)
     save_module(trainer.E_ema, run_dir / "image_encoder.safetensors", half=True, extra=info)
 

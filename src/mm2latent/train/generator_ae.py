@@ -15,6 +15,7 @@ asked to follow.
 
 Losses (generator + encoder):
     L1(x_rec, x) + kl_weight * KL + seg_weight * CE(parser(x_rec), mask)
+    + attr_weight * BCE(analyzer_attr(x_rec), attributes) + coeff_weight * MSE(analyzer_coeffs(x_rec), coeffs)
     + adv_weight * [softplus(-D(x_rec)) + softplus(-D(G(z_prior)))]
 Discriminator: non-saturating logistic loss with lazy R1 on reals.
 

@@ -34,3 +34,23 @@ def test_evaluate_generator_reports_references():
         assert np.isfinite(r[k]["frechet"]) and r[k]["frechet"] >= -1e-6
     # a random, untrained generator is farther from the renders than other renders are
     assert r["generated"]["frechet"] > r["renders_val"]["frechet"]
+
+
+def test_judged_reconstructions_report_the_generator_ceiling():
+    """The judges score renders against their own truth and reconstructions against the
+    same truth; an image set identical to the renders scores identically."""
+    from mm2latent.eval.generator import judge_reconstructions, render_split, split_attributes
+    from mm2latent.perception import build_model
+    from mm2latent.world.attributes import ATTRIBUTES
+
+    torch.manual_seed(0)
+    x, masks = render_split("val", 6, 64)
+    attrs = split_attributes("val", 6)
+    assert attrs.shape == (6, len(ATTRIBUTES)) and set(np.unique(attrs)) <= {0.0, 1.0}
+    parser = build_model("parser", {"base": 4, "depth": 3, "max_width": 16, "size": 64}).eval()
+    analyzer = build_model("analyzer", {"stem": 8, "widths": [8, 16], "hidden": 16, "size": 64, "aux_seg": False}).eval()
+    r = judge_reconstructions(x, x.clone(), masks, attrs, parser, analyzer)
+    assert r["num"] == 6 and r["renders"] == r["reconstructions"]
+    assert 0 <= r["renders"]["parser_miou"] <= 1 and 0 <= r["renders"]["predicted_male_share"] <= 1
+    r2 = judge_reconstructions(x, -x, masks, attrs, parser, analyzer)
+    assert r2["reconstructions"] != r2["renders"]

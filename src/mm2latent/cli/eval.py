@@ -84,7 +84,7 @@ def _eval_generator(a) -> int:
     enc = load_optional(d, "image_encoder")
     c = comp["controls"]
     report = evaluate_generator(comp["generator"], c.encoder, num=a.num, truncation=a.truncation, parser=c.parser,
-                                prior=prior, image_encoder=enc)
+                                prior=prior, image_encoder=enc, analyzer=c.analyzer)
     report["generator_training"] = comp["generator_info"]
     return _emit(report, a)
 

@@ -6,6 +6,11 @@ next to two references measured the same way: a disjoint set of renders (val
 split; the floor any generator can reach) and the same renders blurred (a
 trivially bad "generator", for scale). With a parser, also the per-class
 pixel frequencies of generated images against the renders' true masks.
+
+With the image encoder and the judges, :func:`judge_reconstructions` measures
+the generator's ceiling for conditional generation: the parser and attribute
+classifier on reconstructions of held-out renders (the best any mapping to w
+could do) next to the same judges on the renders themselves.
 """
 
 from __future__ import annotations
@@ -42,6 +47,46 @@ def render_split(split: str, num: int, size: int) -> tuple[torch.Tensor, np.ndar
     return x, np.stack(masks)
 
 
+def split_attributes(split: str, num: int) -> np.ndarray:
+    """(N, A) world attributes (0/1) of the first ``num`` samples of a split (no rendering needed)."""
+    from ..world.dataset import SPLIT_SEEDS
+    from ..world.params import sample_params
+
+    return np.stack([sample_params(SPLIT_SEEDS[split], i).attr_vector() for i in range(num)])
+
+
+@torch.no_grad()
+def reconstruct(G, image_encoder, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """G.synthesis(mapping(mu(x))) of images (N, 3, H, W) in [-1, 1]: the decoder's best case."""
+    from ..models.latent_prior import encode_latents
+
+    w = encode_latents(G, image_encoder, images, progress_desc=None)
+    rec = torch.cat([G.synthesis(G.broadcast(w[i:i + batch]), noise_mode="const") for i in range(0, len(w), batch)])
+    return rec.clamp(-1, 1)
+
+
+@torch.no_grad()
+def judge_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, masks: np.ndarray,
+                          attributes: np.ndarray, parser, analyzer, batch: int = 64) -> dict:
+    """Parser mIoU and attribute balanced accuracy of the judges on renders and on their
+    reconstructions; also the Male share each predicts (a generator biased towards one
+    gender shows here before it shows in any caption)."""
+    from ..world.attributes import ATTRIBUTES
+    from .perception import balanced_accuracy, confusion_matrix, mean_iou
+
+    truth = np.asarray(attributes) > 0.5
+    male = ATTRIBUTES.index("Male")
+    out = {"num": int(len(images)), "true_male_share": float(truth[:, male].mean())}
+    for name, x in (("renders", images), ("reconstructions", reconstructions)):
+        seg = torch.cat([parser(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+        pred = torch.cat([torch.sigmoid(analyzer(x[i:i + batch])[0]) for i in range(0, len(x), batch)]).numpy() > 0.5
+        acc = balanced_accuracy(pred, truth)
+        out[name] = {"parser_miou": mean_iou(confusion_matrix(seg, torch.from_numpy(np.asarray(masks)).long())),
+                     "attribute_balanced_accuracy": float(np.nanmean(acc)),
+                     "male_balanced_accuracy": float(acc[male]), "predicted_male_share": float(pred[:, male].mean())}
+    return out
+
+
 def blur(images: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
     r = int(3 * sigma)
     x = torch.arange(-r, r + 1, dtype=torch.float32)
@@ -59,11 +104,12 @@ def class_frequencies(masks: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, seed: int = 0, parser=None,
-                       prior=None, image_encoder=None) -> dict:
+                       prior=None, image_encoder=None, analyzer=None) -> dict:
     """Realism of samples against held-out renders. With a fitted ``prior`` the samples
     ("generated") draw w from it, and "generated_normal" adds mapping(z), z ~ N(0, I), for
     comparison; with the ``image_encoder`` "reconstructed" adds the generator's
-    reconstructions of other renders (what the decoder can do at best)."""
+    reconstructions of other renders (what the decoder can do at best), and with
+    ``parser`` and ``analyzer`` too, "reconstruction_judged" (:func:`judge_reconstructions`)."""
     from ..cli.sample import sample_generator
 
     def to_float(u8):
@@ -72,16 +118,14 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
     size = G.cfg.resolution
     gen = to_float(sample_generator(G, num, seed, truncation, prior=prior)[0])
     test, test_masks = render_split("test", num, size)
-    other, _ = render_split("val", num, size)
+    other, other_masks = render_split("val", num, size)
     sets = [("test", test), ("generated", gen), ("renders_val", other), ("blurred_val", blur(other))]
     if prior is not None:
         sets.append(("generated_normal", to_float(sample_generator(G, num, seed, truncation)[0])))
+    rec = None
     if image_encoder is not None:
-        from ..models.latent_prior import encode_latents
-
-        w = encode_latents(G, image_encoder, other, progress_desc=None)
-        rec = torch.cat([G.synthesis(G.broadcast(w[i:i + 64]), noise_mode="const") for i in range(0, num, 64)])
-        sets.append(("reconstructed_val", rec.clamp(-1, 1)))
+        rec = reconstruct(G, image_encoder, other)
+        sets.append(("reconstructed_val", rec))
     feats = {name: encoder_features(encoder, x) for name, x in sets}
     ref = feats["test"]
     out: dict = {"num": num, "truncation": truncation, "feature_space": "world CLIP image tower, unnormalised 512-d",
@@ -94,4 +138,7 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
         fg, ft = class_frequencies(pm), class_frequencies(test_masks)
         out["class_frequencies"] = {n: {"generated": float(a), "renders": float(b)}
                                     for n, a, b in zip(CLASS_NAMES, fg, ft)}
+    if rec is not None and parser is not None and analyzer is not None:
+        out["reconstruction_judged"] = judge_reconstructions(other, rec, other_masks, split_attributes("val", num),
+                                                             parser, analyzer)
     return out

@@ -65,12 +65,10 @@ def test_text_moves_the_face(pipe):
         x = pipe.generate_tensor(text=text, seeds=seeds)
         return pipe.controls.derive(x)["attributes"][:, ATTRIBUTES.index(attr)].mean().item()
 
-    # measured with the shipped weights (6 seeds): Male 0.98 vs 0.75, Black_Hair 1.00 vs 0.00.
-    # Known regression: the adversarially sharpened generator draws most faces so that the
-    # classifier calls them male (the previous generator with the same judges: 0.67 vs 0.01;
-    # Male fact accuracy 0.53 in docs/reports/generation_eval.json) -- text still moves gender,
-    # but weakly; the floor guards the direction.
-    assert p("a man", "Male") > p("a woman", "Male") + 0.1
+    # measured with the shipped weights (6 seeds): Male 0.43 vs 0.00, Black_Hair 1.00 vs 0.00.
+    # The first sharpened generator drew most faces male (0.98 vs 0.75); the analyzer-loss
+    # generator fixed that but "a man" still gives a man only about half the time.
+    assert p("a man", "Male") > p("a woman", "Male") + 0.25
     assert p("a person with black hair", "Black_Hair") > p("a person with blond hair", "Black_Hair") + 0.4
 
 
@@ -80,6 +78,27 @@ def test_inversion_reconstructs(pipe, data):
     inv = [pipe.invert(data["image"][i:i + 1]) for i in range(8)]
     rec = torch.cat([v.reconstruction for v in inv])
     assert psnr(rec, torch.cat([v.image for v in inv])).mean() > 17.5  # measured 19.2 dB on 200
+
+
+@torch.no_grad()
+def test_reconstructions_keep_gender_and_attributes(pipe):
+    """The generator's ceiling for conditional generation: the judges on reconstructions
+    of 64 held-out renders (what `mm2latent eval generator` reports as
+    reconstruction_judged). Guards the gender bias the first sharpened generator had
+    (Male balanced accuracy 0.73, 68 % of reconstructions called male against 45 % true)."""
+    from mm2latent.eval.generator import judge_reconstructions, reconstruct, render_split, split_attributes
+    from mm2latent.world.attributes import ATTRIBUTES
+
+    n = 64
+    x, masks = render_split("test", n, 128)
+    truth = split_attributes("test", n)
+    r = judge_reconstructions(x, reconstruct(pipe.G, pipe.image_encoder, x), masks, truth,
+                              pipe.controls.parser, pipe.controls.analyzer)["reconstructions"]
+    # measured on these 64: Male 0.89, 53 % called male (47 % true), attributes 0.72, parser mIoU 0.45
+    assert r["male_balanced_accuracy"] > 0.8
+    assert abs(r["predicted_male_share"] - truth[:, ATTRIBUTES.index("Male")].mean()) < 0.15
+    assert r["attribute_balanced_accuracy"] > 0.65
+    assert r["parser_miou"] > 0.38
 
 
 @torch.no_grad()

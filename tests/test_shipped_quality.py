@@ -106,15 +106,14 @@ def test_attribute_classifier_on_renders(pipe):
     """Balanced accuracy over the attributes with both classes present in 96 held-out renders."""
     import numpy as np
 
+    from mm2latent.eval.generator import split_attributes
     from mm2latent.eval.perception import balanced_accuracy
     from mm2latent.eval.pipeline import render_test
     from mm2latent.world.attributes import ATTRIBUTES
-    from mm2latent.world.params import sample_params
-    from mm2latent.world.dataset import SPLIT_SEEDS
 
     n = 96
     x = render_test(n, 128)["image"]
-    truth = np.stack([sample_params(SPLIT_SEEDS["test"], i).attr_vector() for i in range(n)]).astype(bool)
+    truth = split_attributes("test", n).astype(bool)
     pred = torch.cat([pipe.controls.derive(x[i:i + 32])["attributes"] for i in range(0, n, 32)]).numpy() > 0.5
     both = (truth.sum(0) >= 3) & ((~truth).sum(0) >= 3)
     acc = balanced_accuracy(pred[:, both], truth[:, both])

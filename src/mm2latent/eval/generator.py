@@ -75,13 +75,14 @@ def judge_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, m
     from .perception import balanced_accuracy, confusion_matrix, mean_iou
 
     truth = np.asarray(attributes) > 0.5
+    true_masks = torch.from_numpy(np.asarray(masks)).long()
     male = ATTRIBUTES.index("Male")
     out = {"num": int(len(images)), "true_male_share": float(truth[:, male].mean())}
     for name, x in (("renders", images), ("reconstructions", reconstructions)):
         seg = torch.cat([parser(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
         pred = torch.cat([torch.sigmoid(analyzer(x[i:i + batch])[0]) for i in range(0, len(x), batch)]).numpy() > 0.5
         acc = balanced_accuracy(pred, truth)
-        out[name] = {"parser_miou": mean_iou(confusion_matrix(seg, torch.from_numpy(np.asarray(masks)).long())),
+        out[name] = {"parser_miou": mean_iou(confusion_matrix(seg, true_masks)),
                      "attribute_balanced_accuracy": float(np.nanmean(acc)),
                      "male_balanced_accuracy": float(acc[male]), "predicted_male_share": float(pred[:, male].mean())}
     return out

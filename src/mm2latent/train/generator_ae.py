@@ -118,6 +118,14 @@ class GeneratorAEOptions(ckpt.OptionsDict):
                                d_channels=dict(zip(res, self.d_channels)))
 
 
+def frozen_judge(name: str, path: str | None) -> torch.nn.Module:
+    """A perception model used as a fixed loss: the shipped one (``path`` None) or a file."""
+    from ..perception import load_module, load_module_file
+
+    model = load_module(None, name) if path is None else load_module_file(path, name)
+    return model.eval().requires_grad_(False)
+
+
 class GeneratorAETrainer:
     def __init__(self, opts: GeneratorAEOptions, data=None):
         from ..world.cache import CachedWorldDataset
@@ -136,18 +144,9 @@ class GeneratorAETrainer:
         self.data = data if data is not None else CachedWorldDataset(opts.data)
         if getattr(self.data, "size", opts.size) != opts.size:
             raise UserError(f"data {opts.data} is {self.data.size}px but the generator makes {opts.size}px images")
-        self.parser = None
-        if opts.parser != "" and opts.seg_weight > 0:
-            from ..perception import load_module, load_module_file
-
-            self.parser = (load_module(None, "parser") if opts.parser is None
-                           else load_module_file(opts.parser, "parser")).eval().requires_grad_(False)
-        self.analyzer = None
-        if opts.attr_weight > 0 or opts.coeff_weight > 0:
-            from ..perception import load_module, load_module_file
-
-            self.analyzer = (load_module(None, "analyzer") if opts.analyzer is None
-                             else load_module_file(opts.analyzer, "analyzer")).eval().requires_grad_(False)
+        self.parser = frozen_judge("parser", opts.parser) if opts.parser != "" and opts.seg_weight > 0 else None
+        self.analyzer = (frozen_judge("analyzer", opts.analyzer) if opts.attr_weight > 0 or opts.coeff_weight > 0
+                         else None)
         betas = (0.5, 0.99)
         self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
                                       {"params": list(self.E.parameters()), "lr": opts.enc_lr}], lr=opts.lr, betas=betas)

@@ -49,6 +49,7 @@ def model_classes(kind: str):
         "sketch_ae": (autoencoders.SketchAE, autoencoders.SketchAEConfig),
         "coeff_ae": (autoencoders.CoeffAE, autoencoders.CoeffAEConfig),
         "image_encoder": (inversion.ImageEncoder, inversion.ImageEncoderConfig),
+        "wplus_inverter": (inversion.WPlusInverter, inversion.WPlusInverterConfig),
         "mapping_net": (mapping.MappingNet, mapping.MappingNetConfig),
         "latent_prior": (latent_prior.GaussianLatentPrior, latent_prior.LatentPriorConfig),
     }

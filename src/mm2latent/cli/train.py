@@ -28,12 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .perception import register_train_subcommands
 
     from .mapping import add_train_subcommands
+    from .invert_edit import add_train_inverter
     from .sample import add_train_latent_prior
 
     add_train_clip(models)
     register_train_subcommands(models)
     add_train_subcommands(models)
     add_train_latent_prior(models)
+    add_train_inverter(models)
     s = models.add_parser(
         "stylegan2",
         help="train a StyleGAN2 generator",

@@ -1,7 +1,9 @@
 """Editing evaluation on held-out world renders (issue "Real-image editing").
 
 * inversion: PSNR / SSIM of the reconstruction against the aligned input,
-  encoder only and with ``refine_steps`` of optimisation, seconds per image;
+  one pass (the W+ inverter when the weights have one, and the W encoder it
+  replaces for comparison) and with ``refine_steps`` of optimisation, seconds
+  per image;
 * text edits: for each face, one attribute it lacks (from ``TEXT_EDITS``) is
   requested by a caption; success = the classifier now finds it; preservation
   = mean change of the classifier's probabilities for the attributes the edit
@@ -9,7 +11,9 @@
 * mask edits: each face gets the mask of another test face; success = parser
   mIoU of the edit against that mask (and against the face's own mask before,
   for reference); preservation = pixel change where the two masks agree;
-* both combination modes (``delta``, ``blend``) side by side.
+* both combination modes (``delta``, ``blend``) side by side; text edits also
+  from the W encoder's inversion (``delta_from_w_encoder``): e4e's
+  distortion-editability trade-off, measured.
 """
 
 from __future__ import annotations
@@ -75,9 +79,19 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
         t_enc.append(inv.seconds)
     x = torch.cat([v.image for v in invs])
     rec = torch.cat([v.reconstruction for v in invs])
+    method = invs[0].method
     report: dict[str, Any] = {"num": n, "inversion": {
-        "encoder": {"psnr": float(psnr(rec, x).mean()), "ssim": float(ssim(rec, x).mean()),
+        "encoder": {"method": method, "psnr": float(psnr(rec, x).mean()), "ssim": float(ssim(rec, x).mean()),
                     "seconds_per_image": float(np.mean(t_enc))}}}
+    invs_w = None
+    if method == "wplus":  # the W encoder it replaces, on the same faces: distortion and (below) editability
+        invs_w = [pipe.invert(data["image"][i:i + 1], inverter="w") for i in range(n)]
+        rec_w = torch.cat([v.reconstruction for v in invs_w])
+        report["inversion"]["w_encoder"] = {"method": "w", "psnr": float(psnr(rec_w, x).mean()),
+                                            "ssim": float(ssim(rec_w, x).mean()),
+                                            "seconds_per_image": float(np.mean([v.seconds for v in invs_w]))}
+        report["inversion"]["wplus_offset_rms"] = float(
+            torch.cat([v.ws - v.ws.mean(1, keepdim=True) for v in invs]).square().mean().sqrt())
     if refine_steps and refine_num:
         k = min(refine_num, n)
         with torch.enable_grad():
@@ -90,16 +104,21 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
                                            "ssim": float(ssim(rec[:k], x[:k]).mean())}}
     before = c.derive(rec)
     # ------------------------------------------------------------------ text edits
-    for mode in ("delta", "blend"):
+    runs = [("delta", "delta", invs, before), ("blend", "blend", invs, before)]
+    if invs_w is not None:
+        rec_w = torch.cat([v.reconstruction for v in invs_w])
+        runs.append(("delta_from_w_encoder", "delta", invs_w, c.derive(rec_w)))
+    for name, mode, inv_list, own_controls in runs:
         succ, pres, pix, counts = [], [], [], {}
         for i in range(n):
-            p0 = before["attributes"][i]
+            p0 = own_controls["attributes"][i]
             lacking = [a for a in TEXT_EDITS if p0[IDX[a]] < 0.5]
             if not lacking:
                 continue
             a = lacking[i % len(lacking)]
             text, touched = TEXT_EDITS[a]
-            ws = pipe.edit_latent(invs[i], text=text, mode=mode, controls={k: v[i:i + 1] for k, v in before.items()})
+            ws = pipe.edit_latent(inv_list[i], text=text, mode=mode,
+                                  controls={k: v[i:i + 1] for k, v in own_controls.items()})
             y = pipe.G.synthesis(ws, noise_mode="const")
             p1 = c.derive(y)["attributes"][0]
             ok = float(p1[IDX[a]] > 0.5)
@@ -107,8 +126,8 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
             counts.setdefault(a, []).append(ok)
             keep = [IDX[b] for b in ATTRIBUTES if b not in touched]
             pres.append(float((p1[keep] - p0[keep]).abs().mean()))
-            pix.append(float((y - rec[i:i + 1]).abs().mean()))
-        report.setdefault("text_edits", {})[mode] = {
+            pix.append(float((y - inv_list[i].reconstruction).abs().mean()))
+        report.setdefault("text_edits", {})[name] = {
             "success": float(np.mean(succ)), "edits": len(succ),
             "per_attribute": {a: round(float(np.mean(v)), 3) for a, v in counts.items()},
             "untouched_attribute_change": float(np.mean(pres)), "pixel_l1_change": float(np.mean(pix))}

@@ -19,6 +19,7 @@ from torch import nn
 from ..common.errors import UserError
 
 KIND = "image_encoder"
+WPLUS_KIND = "wplus_inverter"
 
 
 @dataclass
@@ -71,15 +72,149 @@ class ImageEncoder(nn.Module):
         self.blocks = nn.Sequential(*[ResDown(a, b) for a, b in zip(w[:-1], w[1:])])
         self.head = nn.Linear(w[-1] * 16, 2 * c.z_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature pyramid, finest first: after the stem (size/2), then after each block (down to 4 px)."""
         s = self.config.size
         if x.ndim != 4 or x.shape[1:] != (3, s, s):
             raise ValueError(f"image encoder expects (B, 3, {s}, {s}), got {tuple(x.shape)}")
-        h = self.blocks(F.leaky_relu(self.stem(x), 0.2))
-        mu, logvar = self.head(h.flatten(1)).chunk(2, dim=1)
+        feats = [F.leaky_relu(self.stem(x), 0.2)]
+        for block in self.blocks:
+            feats.append(block(feats[-1]))
+        return feats
+
+    def head_from(self, h4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(h4.flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-12, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head_from(self.features(x)[-1])
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) summed over dimensions, per sample."""
     return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
+
+
+# =========================================================================== e4e-style W+ inverter
+
+
+@dataclass
+class WPlusInverterConfig:
+    """An :class:`ImageEncoder` + a copy of the generator's mapping (the base code w) + offset heads.
+
+    ``groups`` splits the generator's ``num_ws`` layers into coarse / medium / fine
+    runs (counts, summing to num_ws); group k reads the encoder feature map
+    ``feature_res[k]`` px (deep features for coarse layers, finer ones for fine
+    layers, as in pSp/e4e's feature pyramid).
+    """
+
+    encoder: dict = field(default_factory=lambda: ImageEncoderConfig().to_dict())
+    w_dim: int = 256
+    mapping_layers: int = 4
+    mapping_width: int | None = None
+    lr_mlp: float = 0.01
+    num_ws: int = 12
+    groups: list[int] = field(default_factory=lambda: [4, 4, 4])
+    feature_res: list[int] = field(default_factory=lambda: [4, 8, 16])
+    head_width: int = 128
+
+    def __post_init__(self):
+        enc = ImageEncoderConfig.from_dict(self.encoder)
+        self.encoder = enc.to_dict()
+        if sum(self.groups) != self.num_ws or any(g < 1 for g in self.groups):
+            raise UserError(f"W+ inverter: layer groups {self.groups} must be positive and sum to num_ws={self.num_ws}")
+        if len(self.feature_res) != len(self.groups):
+            raise UserError("W+ inverter: give one feature resolution per layer group")
+        have = [enc.size // 2 ** (i + 1) for i in range(len(enc.widths))]
+        bad = [r for r in self.feature_res if r not in have]
+        if bad:
+            raise UserError(f"W+ inverter: the encoder has no {bad[0]}px features (it has {have})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, legacy: bool = False) -> "WPlusInverterConfig":
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise UserError(f"W+ inverter config: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+    def mapping_config(self):
+        from .stylegan2 import StyleGAN2Config
+
+        enc = ImageEncoderConfig.from_dict(self.encoder)
+        return StyleGAN2Config(resolution=enc.size, z_dim=enc.z_dim, w_dim=self.w_dim,
+                               mapping_layers=self.mapping_layers, mapping_width=self.mapping_width,
+                               lr_mlp=self.lr_mlp)
+
+
+class OffsetHead(nn.Module):
+    """Feature map (C, r, r) -> ``count`` offsets of w: stride-2 convs down to 4 px, then a linear layer
+    initialised to zero, so that a fresh head leaves the base code unchanged."""
+
+    def __init__(self, cin: int, res: int, width: int, count: int, w_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(cin, width, 1), nn.LeakyReLU(0.2)]
+        while res > 4:
+            layers += [nn.Conv2d(width, width, 3, 2, 1), nn.LeakyReLU(0.2)]
+            res //= 2
+        self.convs = nn.Sequential(*layers)
+        self.out = nn.Linear(width * 16, count * w_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.count, self.w_dim = count, w_dim
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.out(self.convs(h).flatten(1)).view(h.shape[0], self.count, self.w_dim)
+
+
+class WPlusInverter(nn.Module):
+    """Image -> w+ = w(x) + offsets(x) (encoder4editing, Tov et al. 2021, in our words).
+
+    The base code ``w(x) = mapping(mu(x))`` lies in W (the generator's own
+    mapping of the VAE posterior mean); the per-layer offsets, read from a
+    feature pyramid, add what one w cannot hold. Training keeps the offsets
+    small (the "w-centred" regulariser) so the code stays near W, where
+    MappingNet's edits were learnt. Forward returns ``(ws, offsets)``.
+    """
+
+    kind = WPLUS_KIND
+
+    def __init__(self, config: WPlusInverterConfig | None = None):
+        super().__init__()
+        from .stylegan2 import MappingNetwork
+
+        c = self.config = config or WPlusInverterConfig()
+        enc = ImageEncoderConfig.from_dict(c.encoder)
+        self.encoder = ImageEncoder(enc)
+        self.mapping = MappingNetwork(c.mapping_config())
+        res_to_ch = {enc.size // 2 ** (i + 1): ch for i, ch in enumerate(enc.widths)}  # feats[i]: size/2^(i+1) px
+        self.heads = nn.ModuleList(OffsetHead(res_to_ch[r], r, c.head_width, n, c.w_dim)
+                                   for r, n in zip(c.feature_res, c.groups))
+        self._res_index = {enc.size // 2 ** (i + 1): i for i in range(len(enc.widths))}
+        self.register_buffer("active", torch.ones(c.num_ws))  # progressive training switches layers on
+
+    @classmethod
+    def from_parts(cls, image_encoder: ImageEncoder, generator, config: dict | None = None) -> "WPlusInverter":
+        """A fresh inverter whose base code equals ``generator.mapping(image_encoder(x)[0])``."""
+        g, n = generator.cfg, generator.num_ws
+        extra = dict(config or {})
+        extra.setdefault("groups", [n // 3, n // 3, n - 2 * (n // 3)])
+        cfg = WPlusInverterConfig(encoder=image_encoder.config.to_dict(), w_dim=g.w_dim,
+                                  mapping_layers=g.mapping_layers, mapping_width=g.mapping_width, lr_mlp=g.lr_mlp,
+                                  num_ws=n, **extra)
+        inv = cls(cfg)
+        inv.encoder.load_state_dict(image_encoder.state_dict())
+        inv.mapping.load_state_dict(generator.mapping.state_dict())
+        return inv
+
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mapping(self.encoder(x)[0])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.encoder.features(x)
+        w = self.mapping(self.encoder.head_from(feats[-1])[0])
+        offsets = torch.cat([head(feats[self._res_index[r]]) for head, r in zip(self.heads, self.config.feature_res)],
+                            dim=1) * self.active[None, :, None]
+        return w[:, None, :] + offsets, offsets

@@ -51,6 +51,7 @@ COMPONENT_FILES = {
     "mapping_net": "mapping_net.safetensors",
     "image_encoder": "image_encoder.safetensors",
     "latent_prior": "latent_prior.safetensors",
+    "wplus_inverter": "wplus_inverter.safetensors",
 }
 CONTROL_PARTS = ("encoder", "parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
 
@@ -87,7 +88,7 @@ def load_components(weights: str | os.PathLike | None = None,
             f = _file(d, "generator")
             out["generator"] = load_generator(f)
             out["generator_info"] = json.loads(f.with_suffix(".json").read_text()).get("training", {})
-        elif name in ("mapping_net", "image_encoder", "latent_prior"):
+        elif name in ("mapping_net", "image_encoder", "latent_prior", "wplus_inverter"):
             f = _file(d, name)
             out[name] = load_module_file(f, name)
             out[name + "_info"] = json.loads(f.with_suffix(".json").read_text())
@@ -98,7 +99,7 @@ def load_components(weights: str | os.PathLike | None = None,
 
 def load_optional(weights: str | os.PathLike, name: str) -> Any:
     """Component ``name`` from a weights directory, or None when the directory has none
-    (image_encoder and latent_prior are optional)."""
+    (image_encoder, wplus_inverter and latent_prior are optional)."""
     d = Path(weights)
     return load_components(d, need=(name,))[name] if (d / COMPONENT_FILES[name]).exists() else None
 
@@ -217,7 +218,7 @@ class Pipeline(EditingMixin):
     """Multimodal face generation with MappingNet (see module docstring); editing in :mod:`.editing`."""
 
     def __init__(self, generator, controls: ControlEncoders, mapping_net, image_encoder=None,
-                 text_noise_std: float = 0.0, info: dict | None = None, latent_prior=None):
+                 text_noise_std: float = 0.0, info: dict | None = None, latent_prior=None, wplus_inverter=None):
         self.G = generator.eval().requires_grad_(False)
         self.latent_prior = latent_prior.eval() if latent_prior is not None else None
         if self.latent_prior is not None and self.latent_prior.config.dim != self.G.w_dim:
@@ -226,6 +227,12 @@ class Pipeline(EditingMixin):
         self.controls = controls
         self.mapping = mapping_net.eval().requires_grad_(False)
         self.image_encoder = image_encoder.eval().requires_grad_(False) if image_encoder is not None else None
+        self.wplus_inverter = wplus_inverter.eval().requires_grad_(False) if wplus_inverter is not None else None
+        if self.wplus_inverter is not None:
+            c = self.wplus_inverter.config
+            if (c.num_ws, c.w_dim) != (self.G.num_ws, self.G.w_dim):
+                raise UserError(f"the W+ inverter makes {c.num_ws}x{c.w_dim} codes but the generator takes "
+                                f"{self.G.num_ws}x{self.G.w_dim}: they were not made together")
         self.text_noise_std = float(text_noise_std)
         self.info = info or {}
 
@@ -233,11 +240,11 @@ class Pipeline(EditingMixin):
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> "Pipeline":
         comp = load_components(path)
         d = Path(path) if path is not None else default_weights_dir()
-        optional = {name: load_optional(d, name) for name in ("image_encoder", "latent_prior")}
+        optional = {name: load_optional(d, name) for name in ("image_encoder", "latent_prior", "wplus_inverter")}
         minfo = comp["mapping_net_info"]
         pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], optional["image_encoder"],
                    text_noise_std=float(minfo.get("text_noise_std", 0.0)), info={"weights": str(d)},
-                   latent_prior=optional["latent_prior"])
+                   latent_prior=optional["latent_prior"], wplus_inverter=optional["wplus_inverter"])
         if pipe.mapping.config.w_dim != pipe.G.w_dim:
             raise UserError(f"mapping_net in {d} outputs {pipe.mapping.config.w_dim}-d w but the generator takes "
                             f"{pipe.G.w_dim}-d w: they were not trained together")

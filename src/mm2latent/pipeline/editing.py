@@ -1,9 +1,11 @@
 """Real-image editing: invert a photo into W+, then re-map it with changed controls.
 
-Inversion: the image encoder trained with the world generator gives
-``w = G.mapping(mu(x))`` in one pass (encoder-only); ``refine_steps`` > 0 then
+Inversion, in one pass: the e4e-style W+ inverter (``wplus_inverter``: w plus
+small per-layer offsets, :class:`~mm2latent.models.inversion.WPlusInverter`)
+when the weights have one, else the generator-AE's image encoder
+(``w = G.mapping(mu(x))``, one w for every layer). ``refine_steps`` > 0 then
 optimises the W+ code by Adam on pixel L1 + downsampled L2 with a pull towards
-the encoder's code (the regulariser keeps it editable).
+the one-pass code (the regulariser keeps it editable).
 
 Editing (``Pipeline.edit``): the photo's own controls are read off it (parser
 mask, sketch, coefficients, image embedding); what the user gives replaces
@@ -44,6 +46,7 @@ class Inversion:
     seconds: float
     alignment: str
     history: list[float] = field(default_factory=list)
+    method: str = "w"  # "wplus" (W+ inverter) or "w" (image encoder), "+refined" when optimised
 
 
 def align_photo(image: Any, size: int) -> tuple[torch.Tensor, str]:
@@ -83,24 +86,31 @@ def align_photo(image: Any, size: int) -> tuple[torch.Tensor, str]:
 class EditingMixin:
     """Inversion and editing on top of :class:`~mm2latent.pipeline.core.Pipeline`."""
 
-    def _need_inverter(self):
+    def _need_inverter(self, inverter: str = "auto"):
+        """(module, "wplus" | "w") for ``inverter`` in auto / wplus / w."""
+        if inverter not in ("auto", "wplus", "w"):
+            raise UserError("inverter must be auto, wplus or w")
+        if inverter in ("auto", "wplus") and self.wplus_inverter is not None:
+            return self.wplus_inverter, "wplus"
+        if inverter == "wplus":
+            raise UserError("these weights have no W+ inverter (wplus_inverter.safetensors); use inverter 'w'")
         if self.image_encoder is None:
             raise UserError("these weights have no image_encoder (image_encoder.safetensors); editing needs one")
-        return self.image_encoder
+        return self.image_encoder, "w"
 
-    def invert(self, image: Any, refine_steps: int = 0, lr: float = 0.02, reg: float = 0.01) -> Inversion:
-        """Photo -> W+ code (encoder, then optional optimisation refinement)."""
+    def invert(self, image: Any, refine_steps: int = 0, lr: float = 0.02, reg: float = 0.01,
+               inverter: str = "auto") -> Inversion:
+        """Photo -> W+ code (one-pass inverter, then optional optimisation refinement)."""
         if refine_steps < 0 or refine_steps > 5000:
             raise UserError("refine steps must lie in 0..5000")
-        enc = self._need_inverter()
+        enc, method = self._need_inverter(inverter)
+        size = enc.config.encoder["size"] if method == "wplus" else enc.config.size
         x, note = align_photo(image, self.resolution)
         t0 = time.perf_counter()
         with torch.no_grad():
-            if enc.config.size != self.resolution:
-                xe = F.interpolate(x, size=(enc.config.size,) * 2, mode="bilinear", align_corners=False)
-            else:
-                xe = x
-            w0 = self.G.broadcast(self.G.mapping(enc(xe)[0]))
+            xe = x if size == self.resolution else F.interpolate(x, size=(size, size), mode="bilinear",
+                                                                   align_corners=False)
+            w0 = enc(xe)[0] if method == "wplus" else self.G.broadcast(self.G.mapping(enc(xe)[0]))
         ws = w0.clone()
         hist = []
         if refine_steps:
@@ -117,12 +127,13 @@ class EditingMixin:
             ws = ws.detach()
         with torch.no_grad():
             rec = self.G.synthesis(ws, noise_mode="const")
-        return Inversion(ws, x, rec, time.perf_counter() - t0, note, hist)
+        return Inversion(ws, x, rec, time.perf_counter() - t0, note, hist,
+                         method + ("+refined" if refine_steps else ""))
 
-    def reconstruct(self, image: Any, refine_steps: int = 0):
+    def reconstruct(self, image: Any, refine_steps: int = 0, inverter: str = "auto"):
         from .core import to_pil
 
-        return to_pil(self.invert(image, refine_steps).reconstruction)[0]
+        return to_pil(self.invert(image, refine_steps, inverter=inverter).reconstruction)[0]
 
     @torch.no_grad()
     def photo_controls(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -164,11 +175,11 @@ class EditingMixin:
         return inv.ws + float(strength) * (w_new - w_old)
 
     def edit(self, image: Any, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,
-             mode: str = "delta", refine_steps: int = 0):
+             mode: str = "delta", refine_steps: int = 0, inverter: str = "auto"):
         """Edited photo (PIL). ``image`` may also be an :class:`Inversion` from :meth:`invert`."""
         from .core import to_pil
 
-        inv = image if isinstance(image, Inversion) else self.invert(image, refine_steps)
+        inv = image if isinstance(image, Inversion) else self.invert(image, refine_steps, inverter=inverter)
         ws = self.edit_latent(inv, text, mask, sketch, coeffs, strength, mode)
         with torch.no_grad():
             return to_pil(self.G.synthesis(ws, noise_mode="const"))[0]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,6 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
-from ..common.progress import progress
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
 from . import state as ckpt
@@ -327,48 +325,7 @@ def train_generator_ae(opts: GeneratorAEOptions, data=None) -> GeneratorAETraine
         print(f"resuming {run_dir} from step {tr.step}", file=sys.stderr)
     write_text_atomic(run_dir / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
 
-    def done() -> bool:
-        return bool((opts.steps and tr.step >= opts.steps) or (opts.minutes and tr.elapsed >= opts.minutes * 60))
-
-    def save() -> None:
-        tensors, meta = tr.state()
-        ckpt.write_checkpoint(run_dir, tr.step, tensors, meta, TRAIN_KIND)
-        export(tr, run_dir)
-
-    import signal
-    import threading
-
-    stop = {"flag": False}
-    old = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):  # finish the step, checkpoint, exit
-            old[sig] = signal.signal(sig, lambda *_: stop.update(flag=True))
-    bar = progress(total=opts.steps, initial=tr.step, desc="generator-ae", unit="step")
-    t_last, t_ckpt = time.monotonic(), time.monotonic()
-    try:
-        while not done() and not stop["flag"]:
-            stats = tr.train_step()
-            now = time.monotonic()
-            tr.elapsed += now - t_last
-            t_last = now
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
-            if tr.step % 20 == 0:
-                with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": tr.step, "elapsed": round(tr.elapsed, 1), **stats}) + "\n")
-            if opts.sample_every and tr.step % opts.sample_every == 0:
-                from ..common.imageio import save_image
-
-                (run_dir / "samples").mkdir(exist_ok=True)
-                save_image(run_dir / "samples" / f"step-{tr.step:07d}.png", tr.sample_grid())
-            if now - t_ckpt >= opts.ckpt_minutes * 60 or (opts.ckpt_every and tr.step % opts.ckpt_every == 0):
-                save()
-                t_ckpt, t_last = time.monotonic(), time.monotonic()
-    finally:
-        bar.close()
-        for sig, h in old.items():
-            signal.signal(sig, h)
-    save()
+    ckpt.run_loop(tr, opts, run_dir, TRAIN_KIND, export, "generator-ae")
     print(f"step {tr.step} ({tr.nimg / 1000:.1f} kimg, {tr.elapsed / 60:.1f} min); "
           f"generator: {run_dir / 'generator.safetensors'}", file=sys.stderr)
     return tr

@@ -175,3 +175,60 @@ def find_resume(run_dir: Path, kind: str, opts, resume: bool):
             setattr(saved, name, getattr(opts, name))
         opts = saved
     return found, opts
+
+
+def run_loop(trainer, opts, run_dir: Path, kind: str, export, desc: str) -> None:
+    """The shared outer loop of the image trainers: step until ``opts.steps`` / ``opts.minutes`` (counted
+    across resumes), log every 20 steps to RUN/log.jsonl, write sample grids every ``opts.sample_every``
+    steps, checkpoint (+ ``export(trainer, run_dir)``) every ``opts.ckpt_minutes`` / ``opts.ckpt_every``
+    and at the end. SIGTERM / SIGINT finish the current step, checkpoint and return.
+
+    ``trainer`` provides ``step``, ``elapsed``, ``train_step() -> stats``, ``state()`` and ``sample_grid()``.
+    """
+    import json
+    import signal
+    import threading
+    import time
+
+    from ..common.progress import progress
+
+    def done() -> bool:
+        return bool((opts.steps and trainer.step >= opts.steps)
+                    or (opts.minutes and trainer.elapsed >= opts.minutes * 60))
+
+    def save() -> None:
+        tensors, meta = trainer.state()
+        write_checkpoint(run_dir, trainer.step, tensors, meta, kind)
+        export(trainer, run_dir)
+
+    stop = {"flag": False}
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, lambda *_: stop.update(flag=True))
+    bar = progress(total=opts.steps, initial=trainer.step, desc=desc, unit="step")
+    t_last, t_ckpt = time.monotonic(), time.monotonic()
+    try:
+        while not done() and not stop["flag"]:
+            stats = trainer.train_step()
+            now = time.monotonic()
+            trainer.elapsed += now - t_last
+            t_last = now
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+            if trainer.step % 20 == 0:
+                with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": trainer.step, "elapsed": round(trainer.elapsed, 1), **stats}) + "\n")
+            if opts.sample_every and trainer.step % opts.sample_every == 0:
+                from ..common.imageio import save_image
+
+                (run_dir / "samples").mkdir(exist_ok=True)
+                save_image(run_dir / "samples" / f"step-{trainer.step:07d}.png", trainer.sample_grid())
+            if now - t_ckpt >= opts.ckpt_minutes * 60 or (opts.ckpt_every and trainer.step % opts.ckpt_every == 0):
+                save()
+                t_ckpt, t_last = time.monotonic(), time.monotonic()
+    finally:
+        bar.close()
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    save()

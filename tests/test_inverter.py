@@ -164,6 +164,11 @@ def test_pipeline_uses_the_wplus_inverter(weights_with_inverter, tmp_path, capsy
     assert np.asarray(pipe.edit(a, text="a smiling man")).shape == (pipe.resolution, pipe.resolution, 3)
     with pytest.raises(UserError, match="inverter must be"):
         pipe.invert(photo, inverter="pti")
+    from mm2latent.eval.figures import editing_sheet
+
+    r = pipe.resolution + 4  # tiles are padded by 2 px
+    sheet = editing_sheet(pipe, [photo], [{"label": "text", "text": "a man"}])
+    assert sheet.shape[1] == 4 * r  # photo, W inversion, W+ inversion, one edit
     out = tmp_path / "r.png"
     from PIL import Image
 
@@ -194,3 +199,14 @@ def test_mismatched_inverter_is_refused(weights_with_inverter, tmp_path):
     save_module(WPlusInverter(cfg), d / "wplus_inverter.safetensors")
     with pytest.raises(UserError, match="not made together"):
         Pipeline.from_pretrained(d)
+
+
+def test_editing_eval_compares_w_and_wplus(weights_with_inverter):
+    from mm2latent.eval.editing import evaluate_editing
+    from mm2latent.pipeline import Pipeline
+
+    rep = evaluate_editing(Pipeline.from_pretrained(weights_with_inverter), num=3, refine_steps=1, refine_num=1)
+    inv = rep["inversion"]
+    assert inv["encoder"]["method"] == "wplus" and inv["w_encoder"]["method"] == "w"
+    assert inv["encoder"]["psnr"] != inv["w_encoder"]["psnr"] and inv["wplus_offset_rms"] > 0
+    assert {"delta", "blend", "delta_from_w_encoder"} <= set(rep["text_edits"])

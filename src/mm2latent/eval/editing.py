@@ -67,9 +67,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 @torch.no_grad()
 def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: int = 20, data=None) -> dict[str, Any]:
+    from .generator import judge_reconstructions, split_attributes
     from .pipeline import render_test
 
-    data = data if data is not None else render_test(num, pipe.resolution)
+    truth = None
+    if data is None:  # the test split: its attributes are known without rendering
+        data = render_test(num, pipe.resolution)
+        truth = split_attributes("test", num)
     n = len(data["caption"])
     c = pipe.controls
     invs, t_enc = [], []
@@ -92,6 +96,13 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
                                             "seconds_per_image": float(np.mean([v.seconds for v in invs_w]))}
         report["inversion"]["wplus_offset_rms"] = float(
             torch.cat([v.ws - v.ws.mean(1, keepdim=True) for v in invs]).square().mean().sqrt())
+    if truth is not None and data["mask"].shape[-1] == x.shape[-1]:
+        # the judges on the reconstructions: does the inversion keep the face's parts and attributes?
+        for key, recs in (("encoder", rec), ("w_encoder", rec_w if invs_w is not None else None)):
+            if recs is not None:
+                j = judge_reconstructions(x, recs, data["mask"].numpy(), truth, c.parser, c.analyzer)
+                report["inversion"][key]["judged"] = j["reconstructions"]
+                report["inversion"]["judged_renders_for_reference"] = j["renders"]
     if refine_steps and refine_num:
         k = min(refine_num, n)
         with torch.enable_grad():

@@ -65,16 +65,22 @@ def teaser(pipe, examples_dir: str | Path, seeds: Sequence[int] = (0, 1, 2), row
 
 
 def editing_sheet(pipe, photos: Sequence[str | Path], edits: Sequence[dict], refine_steps: int = 0) -> np.ndarray:
-    """Rows: photo (aligned), reconstruction, then one column per edit (dict of edit kwargs + 'label')."""
+    """Rows: photo (aligned), reconstruction (with the W+ inverter: also the W encoder's, for comparison),
+    then one column per edit (dict of edit kwargs + 'label'), edited from the default inversion."""
     from ..pipeline.core import to_pil
 
     r = pipe.resolution
     rows = []
-    header = [_caption_tile("photo", r), _caption_tile("inverted", r)] + [_caption_tile(e["label"], r) for e in edits]
+    both = getattr(pipe, "wplus_inverter", None) is not None and pipe.image_encoder is not None
+    inv_tiles = ["inverted (W)", "inverted (W+)"] if both else ["inverted"]
+    header = [_caption_tile(t, r) for t in ["photo"] + inv_tiles] + [_caption_tile(e["label"], r) for e in edits]
     rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in header], 1))
     for ph in photos:
         inv = pipe.invert(ph, refine_steps=refine_steps)
-        tiles = [np.asarray(to_pil(inv.image)[0]), np.asarray(to_pil(inv.reconstruction)[0])]
+        tiles = [np.asarray(to_pil(inv.image)[0])]
+        if both:
+            tiles.append(np.asarray(to_pil(pipe.invert(ph, refine_steps=refine_steps, inverter="w").reconstruction)[0]))
+        tiles.append(np.asarray(to_pil(inv.reconstruction)[0]))
         for e in edits:
             kw = {k: v for k, v in e.items() if k != "label"}
             tiles.append(np.asarray(pipe.edit(inv, **kw)))

@@ -420,7 +420,7 @@ def nvlabs_to_ours(sd: dict[str, torch.Tensor], attrs: dict[str, dict] | None = 
         ours[f"mapping.fcs.{i}.bias"] = take(f"mapping.fc{i}.bias")
     if "mapping.w_avg" in sd:
         ours["mapping.w_avg"] = take("mapping.w_avg")
-    use_noise = f"synthesis.b4.conv1.noise_strength" in sd
+    use_noise = "synthesis.b4.conv1.noise_strength" in sd
     for k, res in enumerate(res_keys):
         src, dst = f"synthesis.b{res}", f"synthesis.blocks.{k}"
         if f"{src}.skip.weight" in sd:

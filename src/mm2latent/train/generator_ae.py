@@ -124,6 +124,38 @@ def frozen_judge(name: str, path: str | None) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
+def resized_for(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
+    """``x`` bilinearly resized to the judge's input size (unchanged when it already fits)."""
+    s = judge.config.size
+    return x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+
+
+def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: dict[str, float]) -> torch.Tensor:
+    """The frozen judges' losses on reconstructions against the renderer's truth in ``batch``:
+    ``o.seg_weight`` x parser cross-entropy (mask), ``o.attr_weight`` x analyzer attribute BCE,
+    ``o.coeff_weight`` x analyzer coefficient MSE; each term's value goes into ``stats``."""
+    loss = x_rec.new_zeros(())
+    if parser is not None:
+        logits = parser(resized_for(x_rec, parser))
+        mask = batch["mask"]
+        if logits.shape[-1] != mask.shape[-1]:
+            logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        seg = F.cross_entropy(logits, mask)
+        loss = loss + o.seg_weight * seg
+        stats["seg"] = seg.item()
+    if analyzer is not None:
+        attr_logits, coeffs = analyzer(resized_for(x_rec, analyzer))
+        if o.attr_weight > 0:
+            attr = F.binary_cross_entropy_with_logits(attr_logits, batch["attributes"])
+            loss = loss + o.attr_weight * attr
+            stats["attr"] = attr.item()
+        if o.coeff_weight > 0:
+            coeff = F.mse_loss(coeffs, batch["coeffs"])
+            loss = loss + o.coeff_weight * coeff
+            stats["coeff"] = coeff.item()
+    return loss
+
+
 class GeneratorAETrainer:
     def __init__(self, opts: GeneratorAEOptions, data=None):
         from ..world.cache import CachedWorldDataset
@@ -159,15 +191,10 @@ class GeneratorAETrainer:
     def nimg(self) -> int:
         return self.step * self.opts.batch
 
-    @staticmethod
-    def _resized(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
-        s = judge.config.size
-        return x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
-
     def train_step(self) -> dict[str, float]:
         o, G, D, E = self.opts, self.G, self.D, self.E
         b = self.data.batch(self.order.take(o.batch))
-        x, mask = b["image"], b["mask"]
+        x = b["image"]
         adv_on = o.adv_weight > 0 and self.step >= o.adv_start and self.step % o.adv_every == 0
         stats: dict[str, float] = {}
 
@@ -191,23 +218,7 @@ class GeneratorAETrainer:
             kl = kl_to_standard_normal(mu, logvar).mean()
             loss = rec + o.kl_weight * kl
             stats["rec"], stats["kl"] = rec.item(), kl.item()
-        if self.parser is not None:
-            logits = self.parser(self._resized(x_rec, self.parser))
-            if logits.shape[-1] != mask.shape[-1]:
-                logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-            seg = F.cross_entropy(logits, mask)
-            loss = loss + o.seg_weight * seg
-            stats["seg"] = seg.item()
-        if self.analyzer is not None:
-            attr_logits, coeffs = self.analyzer(self._resized(x_rec, self.analyzer))
-            if o.attr_weight > 0:
-                attr = F.binary_cross_entropy_with_logits(attr_logits, b["attributes"])
-                loss = loss + o.attr_weight * attr
-                stats["attr"] = attr.item()
-            if o.coeff_weight > 0:
-                coeff = F.mse_loss(coeffs, b["coeffs"])
-                loss = loss + o.coeff_weight * coeff
-                stats["coeff"] = coeff.item()
+        loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, o, stats)
         x_pri = None
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()

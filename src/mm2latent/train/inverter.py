@@ -34,7 +34,7 @@ from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.inversion import WPlusInverter
 from . import state as ckpt
-from .generator_ae import frozen_judge
+from .generator_ae import frozen_judge, judge_losses
 from .stylegan2 import DataOrder
 
 TRAIN_KIND = "wplus-inverter-train"
@@ -83,11 +83,6 @@ class InverterOptions(ckpt.OptionsDict):
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         if not 0 <= self.mix_prob <= 1:
             raise UserError("--mix-prob must lie in [0, 1]")
-
-
-def _resized(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
-    s = judge.config.size
-    return x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
 
 
 class InverterTrainer:
@@ -169,25 +164,7 @@ class InverterTrainer:
             lat = F.mse_loss(ws[nr:], target_ws)
             loss = loss + o.latent_weight * lat
             stats["latent"] = lat.item()
-        yr = y[:nr]
-        if self.parser is not None:
-            logits = self.parser(_resized(yr, self.parser))
-            mask = b["mask"]
-            if logits.shape[-1] != mask.shape[-1]:
-                logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-            seg = F.cross_entropy(logits, mask)
-            loss = loss + o.seg_weight * seg
-            stats["seg"] = seg.item()
-        if self.analyzer is not None:
-            attr_logits, coeffs = self.analyzer(_resized(yr, self.analyzer))
-            if o.attr_weight > 0:
-                attr = F.binary_cross_entropy_with_logits(attr_logits, b["attributes"])
-                loss = loss + o.attr_weight * attr
-                stats["attr"] = attr.item()
-            if o.coeff_weight > 0:
-                coeff = F.mse_loss(coeffs, b["coeffs"])
-                loss = loss + o.coeff_weight * coeff
-                stats["coeff"] = coeff.item()
+        loss = loss + judge_losses(y[:nr], b, self.parser, self.analyzer, o, stats)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 5.0)

@@ -187,6 +187,37 @@ def test_pipeline_uses_the_wplus_inverter(weights_with_inverter, tmp_path, capsy
         (tmp_path / "moved.safetensors").rename(weights_with_inverter / "wplus_inverter.safetensors")
 
 
+def test_pivotal_tuning_fits_the_photo_and_leaves_the_shared_generator_alone(weights_with_inverter, tmp_path,
+                                                                           capsys):
+    from mm2latent.cli.main import main
+    from mm2latent.eval.editing import psnr
+    from mm2latent.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(weights_with_inverter)
+    before = {k: v.clone() for k, v in pipe.G.state_dict().items()}
+    photo = np.random.default_rng(3).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    plain = pipe.invert(photo)
+    tuned = pipe.invert(photo, tune_steps=30, tune_lr=3e-3)
+    assert tuned.method == "wplus+tuned" and tuned.synthesis is not None
+    assert torch.equal(tuned.ws, plain.ws)  # the pivot stays where the inverter put it
+    assert tuned.history[-1] < tuned.history[0]
+    assert psnr(tuned.reconstruction, tuned.image) > psnr(plain.reconstruction, plain.image) + 0.5
+    assert all(torch.equal(v, before[k]) for k, v in pipe.G.state_dict().items())
+    # edits of a tuned inversion are drawn with its tuned copy: strength 0 gives its reconstruction
+    same = np.asarray(pipe.edit(tuned, text="a man", strength=0.0))
+    from mm2latent.pipeline.core import to_pil
+
+    assert np.array_equal(same, np.asarray(to_pil(tuned.reconstruction)[0]))
+    with pytest.raises(UserError, match="tune steps"):
+        pipe.invert(photo, tune_steps=-1)
+    from PIL import Image
+
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    assert main(["edit", str(tmp_path / "p.png"), "--text", "a man", "--tune", "3", "--weights",
+                 str(weights_with_inverter), "--out", str(tmp_path / "e.png")]) == 0
+    assert Image.open(tmp_path / "e.png").size == (pipe.resolution, pipe.resolution)
+
+
 def test_mismatched_inverter_is_refused(weights_with_inverter, tmp_path):
     import shutil
 
@@ -205,8 +236,12 @@ def test_editing_eval_compares_w_and_wplus(weights_with_inverter):
     from mm2latent.eval.editing import evaluate_editing
     from mm2latent.pipeline import Pipeline
 
-    rep = evaluate_editing(Pipeline.from_pretrained(weights_with_inverter), num=3, refine_steps=1, refine_num=1)
+    rep = evaluate_editing(Pipeline.from_pretrained(weights_with_inverter), num=3, refine_steps=1, refine_num=2,
+                           tune_steps=2)
     inv = rep["inversion"]
     assert inv["encoder"]["method"] == "wplus" and inv["w_encoder"]["method"] == "w"
     assert inv["encoder"]["psnr"] != inv["w_encoder"]["psnr"] and inv["wplus_offset_rms"] > 0
     assert {"delta", "blend", "delta_from_w_encoder"} <= set(rep["text_edits"])
+    pt = rep["pivotal_tuning"]
+    assert pt["num"] == 2 and pt["steps"] == 2 and pt["psnr"] > 0
+    assert {"text_edits_tuned", "text_edits_shared_generator"} <= set(pt)

@@ -220,7 +220,6 @@ class App:
     def edit(self, inv, text: str, mask_value: Any, use_mask: bool, strength: float, mode: str):
         from ..common.palette import index_to_color
         from ..pipeline.core import to_pil
-        import torch
 
         if inv is None:
             raise UserError("upload a photo first")
@@ -228,8 +227,7 @@ class App:
         m = editor_mask(mask_value) if use_mask else None
         txt = text if text and text.strip() else None
         ws = self.pipe.edit_latent(inv, txt, m, None, None, float(strength), mode)
-        with torch.no_grad():
-            img = to_pil(self.pipe.G.synthesis(ws, noise_mode="const"))[0]
+        img = to_pil(inv.draw(ws, self.pipe.G.synthesis))[0]
         parsed = self.pipe.parse(np.asarray(img))
         files = self._save("edit", img, parsed, ws.numpy())
         return img, index_to_color(parsed), f"edited in {(time.perf_counter() - t0) * 1000:.0f} ms", files

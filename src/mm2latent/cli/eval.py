@@ -61,6 +61,7 @@ def register(sub) -> None:
     ed.add_argument("--num", type=int, default=200)
     ed.add_argument("--refine", type=int, default=30, help="refinement steps for the refined-inversion row")
     ed.add_argument("--refine-num", type=int, default=20, help="faces for the (slow) refined row")
+    ed.add_argument("--tune", type=int, default=50, help="pivotal-tuning steps for the tuned row (same faces; 0: skip)")
     ed.add_argument("--out", default=None)
     ed.set_defaults(func=_eval_editing)
     e.set_defaults(func=_need_target)
@@ -111,9 +112,11 @@ def _eval_editing(a) -> int:
 
     if a.num < 2:
         raise UserError("--num must be at least 2")
+    if min(a.refine, a.refine_num, a.tune) < 0:
+        raise UserError("--refine, --refine-num and --tune must be >= 0")
     if a.out:
         check_output_file(a.out)
-    report = evaluate_editing(Pipeline.from_pretrained(a.weights), a.num, a.refine, a.refine_num)
+    report = evaluate_editing(Pipeline.from_pretrained(a.weights), a.num, a.refine, a.refine_num, tune_steps=a.tune)
     return _emit(report, a)
 
 

@@ -2,8 +2,9 @@
 
 * inversion: PSNR / SSIM of the reconstruction against the aligned input,
   one pass (the W+ inverter when the weights have one, and the W encoder it
-  replaces for comparison) and with ``refine_steps`` of optimisation, seconds
-  per image;
+  replaces for comparison), with ``refine_steps`` of optimisation and with
+  ``tune_steps`` of pivotal tuning (and text edits drawn with the tuned
+  generator), seconds per image;
 * text edits: for each face, one attribute it lacks (from ``TEXT_EDITS``) is
   requested by a caption; success = the classifier now finds it; preservation
   = mean change of the classifier's probabilities for the attributes the edit
@@ -41,6 +42,46 @@ TEXT_EDITS = {
 IDX = {a: i for i, a in enumerate(ATTRIBUTES)}
 
 
+def _text_edit(pipe, inv, own: dict[str, torch.Tensor], i: int, mode: str = "delta"):
+    """Ask face ``i`` (inversion ``inv``, controls ``own`` read off its reconstruction) for one attribute it
+    lacks, chosen from ``TEXT_EDITS`` by ``i``. Returns (attribute, success, untouched-attribute change,
+    edited image), or None when the face has every one of them."""
+    c = pipe.controls
+    p0 = own["attributes"][i]
+    lacking = [a for a in TEXT_EDITS if p0[IDX[a]] < 0.5]
+    if not lacking:
+        return None
+    a = lacking[i % len(lacking)]
+    text, touched = TEXT_EDITS[a]
+    ws = pipe.edit_latent(inv, text=text, mode=mode, controls={k: v[i:i + 1] for k, v in own.items()})
+    y = inv.draw(ws, pipe.G.synthesis)
+    p1 = c.derive(y)["attributes"][0]
+    keep = [IDX[b] for b in ATTRIBUTES if b not in touched]
+    return a, float(p1[IDX[a]] > 0.5), float((p1[keep] - p0[keep]).abs().mean()), y
+
+
+@torch.no_grad()
+def _pivotal_tuning_rows(pipe, data, invs, k: int, steps: int) -> dict[str, Any]:
+    """On the first ``k`` faces: reconstruction with a pivot-tuned generator, and whether text edits
+    drawn with it still succeed (success and untouched-attribute change, vs the shared generator)."""
+    c = pipe.controls
+    with torch.enable_grad():
+        tuned = [pipe.invert(data["image"][i:i + 1], tune_steps=steps) for i in range(k)]
+    x = torch.cat([v.image for v in tuned])
+    rt = torch.cat([v.reconstruction for v in tuned])
+    row: dict[str, Any] = {"num": k, "steps": steps, "psnr": float(psnr(rt, x).mean()),
+                           "ssim": float(ssim(rt, x).mean()),
+                           "seconds_per_image": float(np.mean([v.seconds for v in tuned]))}
+    for name, inv_list in (("text_edits_tuned", tuned), ("text_edits_shared_generator", invs[:k])):
+        recs = torch.cat([v.reconstruction for v in inv_list])
+        own = c.derive(recs)
+        done = [r for i, inv in enumerate(inv_list) if (r := _text_edit(pipe, inv, own, i)) is not None]
+        succ, pres = [r[1] for r in done], [r[2] for r in done]
+        row[name] = {"success": float(np.mean(succ)) if succ else math.nan, "edits": len(succ),
+                     "untouched_attribute_change": float(np.mean(pres)) if pres else math.nan}
+    return row
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR (dB) of images in [-1, 1] (peak-to-peak 2)."""
     mse = (a - b).square().flatten(1).mean(1).clamp_min(1e-12)
@@ -66,7 +107,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 
 @torch.no_grad()
-def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: int = 20, data=None) -> dict[str, Any]:
+def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: int = 20, data=None,
+                     tune_steps: int = 0) -> dict[str, Any]:
     from .generator import judge_reconstructions, split_attributes
     from .pipeline import render_test
 
@@ -113,6 +155,8 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
             "seconds_per_image": float(np.mean([v.seconds for v in ref])),
             "encoder_only_on_same_faces": {"psnr": float(psnr(rec[:k], x[:k]).mean()),
                                            "ssim": float(ssim(rec[:k], x[:k]).mean())}}
+    if tune_steps and refine_num:
+        report["pivotal_tuning"] = _pivotal_tuning_rows(pipe, data, invs, min(refine_num, n), tune_steps)
     before = c.derive(rec)
     # ------------------------------------------------------------------ text edits
     runs = [("delta", "delta", invs, before), ("blend", "blend", invs, before)]
@@ -122,21 +166,13 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
     for name, mode, inv_list, own_controls in runs:
         succ, pres, pix, counts = [], [], [], {}
         for i in range(n):
-            p0 = own_controls["attributes"][i]
-            lacking = [a for a in TEXT_EDITS if p0[IDX[a]] < 0.5]
-            if not lacking:
+            r = _text_edit(pipe, inv_list[i], own_controls, i, mode)
+            if r is None:
                 continue
-            a = lacking[i % len(lacking)]
-            text, touched = TEXT_EDITS[a]
-            ws = pipe.edit_latent(inv_list[i], text=text, mode=mode,
-                                  controls={k: v[i:i + 1] for k, v in own_controls.items()})
-            y = pipe.G.synthesis(ws, noise_mode="const")
-            p1 = c.derive(y)["attributes"][0]
-            ok = float(p1[IDX[a]] > 0.5)
+            a, ok, change, y = r
             succ.append(ok)
             counts.setdefault(a, []).append(ok)
-            keep = [IDX[b] for b in ATTRIBUTES if b not in touched]
-            pres.append(float((p1[keep] - p0[keep]).abs().mean()))
+            pres.append(change)
             pix.append(float((y - inv_list[i].reconstruction).abs().mean()))
         report.setdefault("text_edits", {})[name] = {
             "success": float(np.mean(succ)), "edits": len(succ),

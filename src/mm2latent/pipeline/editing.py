@@ -5,7 +5,11 @@ small per-layer offsets, :class:`~mm2latent.models.inversion.WPlusInverter`)
 when the weights have one, else the generator-AE's image encoder
 (``w = G.mapping(mu(x))``, one w for every layer). ``refine_steps`` > 0 then
 optimises the W+ code by Adam on pixel L1 + downsampled L2 with a pull towards
-the one-pass code (the regulariser keeps it editable).
+the one-pass code (the regulariser keeps it editable). ``tune_steps`` > 0 then
+fine-tunes a private copy of the synthesis network around that code (pivotal
+tuning, Roich et al. 2021, in our words): the code stays where MappingNet's
+edits make sense while the generator learns the details of this photo that no
+code reaches; edits of that inversion are drawn with the tuned copy.
 
 Editing (``Pipeline.edit``): the photo's own controls are read off it (parser
 mask, sketch, coefficients, image embedding); what the user gives replaces
@@ -46,7 +50,13 @@ class Inversion:
     seconds: float
     alignment: str
     history: list[float] = field(default_factory=list)
-    method: str = "w"  # "wplus" (W+ inverter) or "w" (image encoder), "+refined" when optimised
+    method: str = "w"  # "wplus" (W+ inverter) or "w" (image encoder), "+refined" / "+tuned" when optimised
+    synthesis: Any = None  # a pivot-tuned copy of G.synthesis for this photo (None: the shared one)
+
+    def draw(self, ws: torch.Tensor, default_synthesis) -> torch.Tensor:
+        """Images of codes ``ws`` with this inversion's synthesis network."""
+        with torch.no_grad():
+            return (self.synthesis or default_synthesis)(ws, noise_mode="const")
 
 
 def align_photo(image: Any, size: int) -> tuple[torch.Tensor, str]:
@@ -99,10 +109,13 @@ class EditingMixin:
         return self.image_encoder, "w"
 
     def invert(self, image: Any, refine_steps: int = 0, lr: float = 0.02, reg: float = 0.01,
-               inverter: str = "auto") -> Inversion:
-        """Photo -> W+ code (one-pass inverter, then optional optimisation refinement)."""
+               inverter: str = "auto", tune_steps: int = 0, tune_lr: float = 3e-4) -> Inversion:
+        """Photo -> W+ code (one-pass inverter, then optional optimisation refinement of the code and
+        optional pivotal tuning of a copy of the synthesis network)."""
         if refine_steps < 0 or refine_steps > 5000:
             raise UserError("refine steps must lie in 0..5000")
+        if tune_steps < 0 or tune_steps > 5000:
+            raise UserError("tune steps must lie in 0..5000")
         enc, method = self._need_inverter(inverter)
         size = enc.config.encoder["size"] if method == "wplus" else enc.config.size
         x, note = align_photo(image, self.resolution)
@@ -125,15 +138,33 @@ class EditingMixin:
                 opt.step()
                 hist.append(loss.item())
             ws = ws.detach()
+        synthesis = self._pivotal_tuning(ws, x, tune_steps, tune_lr, hist) if tune_steps else None
         with torch.no_grad():
-            rec = self.G.synthesis(ws, noise_mode="const")
+            rec = (synthesis or self.G.synthesis)(ws, noise_mode="const")
         return Inversion(ws, x, rec, time.perf_counter() - t0, note, hist,
-                         method + ("+refined" if refine_steps else ""))
+                         method + ("+refined" if refine_steps else "") + ("+tuned" if tune_steps else ""), synthesis)
 
-    def reconstruct(self, image: Any, refine_steps: int = 0, inverter: str = "auto"):
+    def _pivotal_tuning(self, ws: torch.Tensor, x: torch.Tensor, steps: int, lr: float, hist: list[float]):
+        """A copy of G.synthesis fine-tuned to draw ``x`` from the fixed pivot ``ws``."""
+        import copy
+
+        synthesis = copy.deepcopy(self.G.synthesis).train().requires_grad_(True)
+        opt = torch.optim.Adam(synthesis.parameters(), lr=lr)
+        small = F.avg_pool2d(x, 4)
+        with torch.enable_grad():
+            for _ in range(steps):
+                y = synthesis(ws, noise_mode="const")
+                loss = (y - x).abs().mean() + F.mse_loss(F.avg_pool2d(y, 4), small)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                hist.append(loss.item())
+        return synthesis.eval().requires_grad_(False)
+
+    def reconstruct(self, image: Any, refine_steps: int = 0, inverter: str = "auto", tune_steps: int = 0):
         from .core import to_pil
 
-        return to_pil(self.invert(image, refine_steps, inverter=inverter).reconstruction)[0]
+        return to_pil(self.invert(image, refine_steps, inverter=inverter, tune_steps=tune_steps).reconstruction)[0]
 
     @torch.no_grad()
     def photo_controls(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -175,11 +206,12 @@ class EditingMixin:
         return inv.ws + float(strength) * (w_new - w_old)
 
     def edit(self, image: Any, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,
-             mode: str = "delta", refine_steps: int = 0, inverter: str = "auto"):
-        """Edited photo (PIL). ``image`` may also be an :class:`Inversion` from :meth:`invert`."""
+             mode: str = "delta", refine_steps: int = 0, inverter: str = "auto", tune_steps: int = 0):
+        """Edited photo (PIL). ``image`` may also be an :class:`Inversion` from :meth:`invert`
+        (drawn with its pivot-tuned generator when it has one)."""
         from .core import to_pil
 
-        inv = image if isinstance(image, Inversion) else self.invert(image, refine_steps, inverter=inverter)
+        inv = image if isinstance(image, Inversion) else self.invert(image, refine_steps, inverter=inverter,
+                                                                     tune_steps=tune_steps)
         ws = self.edit_latent(inv, text, mask, sketch, coeffs, strength, mode)
-        with torch.no_grad():
-            return to_pil(self.G.synthesis(ws, noise_mode="const"))[0]
+        return to_pil(inv.draw(ws, self.G.synthesis))[0]

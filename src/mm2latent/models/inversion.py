@@ -1,11 +1,13 @@
-"""Image -> latent encoder for the world generator (inversion and VAE posterior).
+"""Image -> latent encoders for the world generator: the VAE encoder and the e4e-style W+ inverter.
 
 The world generator is trained as an autoencoding StyleGAN2 (see
-:mod:`mm2latent.train.generator_ae`): this encoder maps an image to the mean
-and log-variance of a Gaussian over the generator's z, and the mapping network
-turns z into w. The same network then serves as the inverter for editing:
-``w = G.mapping(mu)`` is the encoder-only inversion, which optimisation can
-refine in W or W+ (:func:`refine_latent`).
+:mod:`mm2latent.train.generator_ae`): :class:`ImageEncoder` maps an image to
+the mean and log-variance of a Gaussian over the generator's z, and the mapping
+network turns z into w, so ``w = G.mapping(mu)`` is a one-pass inversion with
+one w for every layer. :class:`WPlusInverter` starts from exactly that and adds
+per-layer offsets (trained by :mod:`mm2latent.train.inverter`), which is what
+the pipeline inverts photos with when the weights have it; optimisation
+refinement and pivotal tuning live in :mod:`mm2latent.pipeline.editing`.
 """
 
 from __future__ import annotations

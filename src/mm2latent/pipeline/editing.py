@@ -56,7 +56,7 @@ class Inversion:
     def draw(self, ws: torch.Tensor, default_synthesis) -> torch.Tensor:
         """Images of codes ``ws`` with this inversion's synthesis network."""
         with torch.no_grad():
-            return (self.synthesis or default_synthesis)(ws, noise_mode="const")
+            return (self.synthesis if self.synthesis is not None else default_synthesis)(ws, noise_mode="const")
 
 
 def align_photo(image: Any, size: int) -> tuple[torch.Tensor, str]:
@@ -140,7 +140,7 @@ class EditingMixin:
             ws = ws.detach()
         synthesis = self._pivotal_tuning(ws, x, tune_steps, tune_lr, hist) if tune_steps else None
         with torch.no_grad():
-            rec = (synthesis or self.G.synthesis)(ws, noise_mode="const")
+            rec = (synthesis if synthesis is not None else self.G.synthesis)(ws, noise_mode="const")
         return Inversion(ws, x, rec, time.perf_counter() - t0, note, hist,
                          method + ("+refined" if refine_steps else "") + ("+tuned" if tune_steps else ""), synthesis)
 

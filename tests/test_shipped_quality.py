@@ -77,7 +77,7 @@ def test_inversion_reconstructs(pipe, data):
 
     inv = [pipe.invert(data["image"][i:i + 1]) for i in range(8)]
     rec = torch.cat([v.reconstruction for v in inv])
-    assert psnr(rec, torch.cat([v.image for v in inv])).mean() > 17.5  # measured 19.2 dB on 200
+    assert psnr(rec, torch.cat([v.image for v in inv])).mean() > 19.0  # W+ inverter: measured 21.4 dB on 200
 
 
 def test_wplus_inverter_beats_the_w_encoder(pipe, data):
@@ -91,9 +91,9 @@ def test_wplus_inverter_beats_the_w_encoder(pipe, data):
     wplus = torch.cat([pipe.invert(x[i:i + 1]).reconstruction for i in range(8)])
     w = torch.cat([pipe.invert(x[i:i + 1], inverter="w").reconstruction for i in range(8)])
     gain = (psnr(wplus, x) - psnr(w, x)).mean()
-    assert gain > 0.5
+    assert gain > 1.5  # measured 2.95 dB on these 8 (22.75 vs 19.81); 2.6 dB on 200 (docs/reports/editing_eval.json)
     tuned = pipe.invert(x[:1], tune_steps=50)
-    assert psnr(tuned.reconstruction, x[:1]) > psnr(wplus[:1], x[:1]) + 2.0
+    assert psnr(tuned.reconstruction, x[:1]) > psnr(wplus[:1], x[:1]) + 2.0  # measured 29.1 vs 23.2 dB
 
 
 @torch.no_grad()

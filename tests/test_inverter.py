@@ -245,3 +245,19 @@ def test_editing_eval_compares_w_and_wplus(weights_with_inverter):
     pt = rep["pivotal_tuning"]
     assert pt["num"] == 2 and pt["steps"] == 2 and pt["psnr"] > 0
     assert {"text_edits_tuned", "text_edits_shared_generator"} <= set(pt)
+
+
+def test_refinement_feature_loss_pulls_embeddings_together(weights_with_inverter):
+    """The refinement's feature term (world image encoder embedding) brings the reconstruction's
+    embedding closer to the photo's than pixel losses alone do."""
+    from mm2latent.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(weights_with_inverter)
+    photo = np.random.default_rng(4).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    enc = pipe.controls.encoder
+    cos = {}
+    for fw in (0.0, 5.0):
+        inv = pipe.invert(photo, refine_steps=40, lr=0.05, feature_weight=fw)
+        with torch.no_grad():
+            cos[fw] = float((enc.encode_image(inv.reconstruction) * enc.encode_image(inv.image)).sum())
+    assert cos[5.0] > cos[0.0]

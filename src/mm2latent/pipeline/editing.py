@@ -4,7 +4,8 @@ Inversion, in one pass: the e4e-style W+ inverter (``wplus_inverter``: w plus
 small per-layer offsets, :class:`~mm2latent.models.inversion.WPlusInverter`)
 when the weights have one, else the generator-AE's image encoder
 (``w = G.mapping(mu(x))``, one w for every layer). ``refine_steps`` > 0 then
-optimises the W+ code by Adam on pixel L1 + downsampled L2 with a pull towards
+optimises the W+ code by Adam on pixel L1 + downsampled L2 + a feature loss
+(cosine distance of the world image encoder's embeddings) with a pull towards
 the one-pass code (the regulariser keeps it editable). ``tune_steps`` > 0 then
 fine-tunes a private copy of the synthesis network around that code (pivotal
 tuning, Roich et al. 2021, in our words): the code stays where MappingNet's
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from ..common.errors import UserError
 
 EDIT_MODES = ("delta", "blend")
+FEATURE_WEIGHT = 0.1  # refinement: weight of the image-embedding (feature) loss next to pixel L1 + L2
 
 
 @dataclass
@@ -109,7 +111,8 @@ class EditingMixin:
         return self.image_encoder, "w"
 
     def invert(self, image: Any, refine_steps: int = 0, lr: float = 0.02, reg: float = 0.01,
-               inverter: str = "auto", tune_steps: int = 0, tune_lr: float = 3e-4) -> Inversion:
+               inverter: str = "auto", tune_steps: int = 0, tune_lr: float = 3e-4,
+               feature_weight: float = FEATURE_WEIGHT) -> Inversion:
         """Photo -> W+ code (one-pass inverter, then optional optimisation refinement of the code and
         optional pivotal tuning of a copy of the synthesis network)."""
         if refine_steps < 0 or refine_steps > 5000:
@@ -130,9 +133,14 @@ class EditingMixin:
             ws.requires_grad_(True)
             opt = torch.optim.Adam([ws], lr=lr)
             small = F.avg_pool2d(x, 4)
+            enc_img = self.controls.encoder
+            with torch.no_grad():
+                target = enc_img.encode_image(x) if feature_weight else None
             for _ in range(refine_steps):
                 y = self.G.synthesis(ws, noise_mode="const")
                 loss = (y - x).abs().mean() + F.mse_loss(F.avg_pool2d(y, 4), small) + reg * (ws - w0).square().mean()
+                if feature_weight:  # feature loss: the world image encoder's embedding (FaRL's image tower)
+                    loss = loss + feature_weight * (1 - (enc_img.encode_image(y) * target).sum(-1)).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

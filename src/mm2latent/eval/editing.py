@@ -61,9 +61,10 @@ def _text_edit(pipe, inv, own: dict[str, torch.Tensor], i: int, mode: str = "del
 
 
 @torch.no_grad()
-def _pivotal_tuning_rows(pipe, data, invs, k: int, steps: int) -> dict[str, Any]:
+def _pivotal_tuning_rows(pipe, data, invs, before: dict[str, torch.Tensor], k: int, steps: int) -> dict[str, Any]:
     """On the first ``k`` faces: reconstruction with a pivot-tuned generator, and whether text edits
-    drawn with it still succeed (success and untouched-attribute change, vs the shared generator)."""
+    drawn with it still succeed (success and untouched-attribute change, vs the shared generator,
+    whose reconstructions' controls ``before`` the caller has read already)."""
     c = pipe.controls
     with torch.enable_grad():
         tuned = [pipe.invert(data["image"][i:i + 1], tune_steps=steps) for i in range(k)]
@@ -72,9 +73,9 @@ def _pivotal_tuning_rows(pipe, data, invs, k: int, steps: int) -> dict[str, Any]
     row: dict[str, Any] = {"num": k, "steps": steps, "psnr": float(psnr(rt, x).mean()),
                            "ssim": float(ssim(rt, x).mean()),
                            "seconds_per_image": float(np.mean([v.seconds for v in tuned]))}
-    for name, inv_list in (("text_edits_tuned", tuned), ("text_edits_shared_generator", invs[:k])):
-        recs = torch.cat([v.reconstruction for v in inv_list])
-        own = c.derive(recs)
+    shared = {key: v[:k] for key, v in before.items()}
+    for name, inv_list, own in (("text_edits_tuned", tuned, c.derive(rt)),
+                                ("text_edits_shared_generator", invs[:k], shared)):
         done = [r for i, inv in enumerate(inv_list) if (r := _text_edit(pipe, inv, own, i)) is not None]
         succ, pres = [r[1] for r in done], [r[2] for r in done]
         row[name] = {"success": float(np.mean(succ)) if succ else math.nan, "edits": len(succ),
@@ -129,7 +130,7 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
     report: dict[str, Any] = {"num": n, "inversion": {
         "encoder": {"method": method, "psnr": float(psnr(rec, x).mean()), "ssim": float(ssim(rec, x).mean()),
                     "seconds_per_image": float(np.mean(t_enc))}}}
-    invs_w = None
+    invs_w = rec_w = None
     if method == "wplus":  # the W encoder it replaces, on the same faces: distortion and (below) editability
         invs_w = [pipe.invert(data["image"][i:i + 1], inverter="w") for i in range(n)]
         rec_w = torch.cat([v.reconstruction for v in invs_w])
@@ -140,7 +141,7 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
             torch.cat([v.ws - v.ws.mean(1, keepdim=True) for v in invs]).square().mean().sqrt())
     if truth is not None and data["mask"].shape[-1] == x.shape[-1]:
         # the judges on the reconstructions: does the inversion keep the face's parts and attributes?
-        for key, recs in (("encoder", rec), ("w_encoder", rec_w if invs_w is not None else None)):
+        for key, recs in (("encoder", rec), ("w_encoder", rec_w)):
             if recs is not None:
                 j = judge_reconstructions(x, recs, data["mask"].numpy(), truth, c.parser, c.analyzer)
                 report["inversion"][key]["judged"] = j["reconstructions"]
@@ -155,13 +156,12 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
             "seconds_per_image": float(np.mean([v.seconds for v in ref])),
             "encoder_only_on_same_faces": {"psnr": float(psnr(rec[:k], x[:k]).mean()),
                                            "ssim": float(ssim(rec[:k], x[:k]).mean())}}
-    if tune_steps and refine_num:
-        report["pivotal_tuning"] = _pivotal_tuning_rows(pipe, data, invs, min(refine_num, n), tune_steps)
     before = c.derive(rec)
+    if tune_steps and refine_num:
+        report["pivotal_tuning"] = _pivotal_tuning_rows(pipe, data, invs, before, min(refine_num, n), tune_steps)
     # ------------------------------------------------------------------ text edits
     runs = [("delta", "delta", invs, before), ("blend", "blend", invs, before)]
     if invs_w is not None:
-        rec_w = torch.cat([v.reconstruction for v in invs_w])
         runs.append(("delta_from_w_encoder", "delta", invs_w, c.derive(rec_w)))
     for name, mode, inv_list, own_controls in runs:
         succ, pres, pix, counts = [], [], [], {}

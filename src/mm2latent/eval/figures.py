@@ -71,7 +71,7 @@ def editing_sheet(pipe, photos: Sequence[str | Path], edits: Sequence[dict], ref
 
     r = pipe.resolution
     rows = []
-    both = getattr(pipe, "wplus_inverter", None) is not None and pipe.image_encoder is not None
+    both = pipe.wplus_inverter is not None and pipe.image_encoder is not None
     inv_tiles = ["inverted (W)", "inverted (W+)"] if both else ["inverted"]
     header = [_caption_tile(t, r) for t in ["photo"] + inv_tiles] + [_caption_tile(e["label"], r) for e in edits]
     rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in header], 1))

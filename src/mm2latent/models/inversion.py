@@ -36,6 +36,11 @@ class ImageEncoderConfig:
             raise UserError(f"image encoder: {len(self.widths)} widths take {self.size}px to {end}px, "
                             "need 4px; give log2(size) - 2 widths")
 
+    @property
+    def feature_resolutions(self) -> list[int]:
+        """Side (px) of each map :meth:`ImageEncoder.features` returns: size/2, size/4, ..., 4."""
+        return [self.size // 2 ** (i + 1) for i in range(len(self.widths))]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -92,6 +97,11 @@ class ImageEncoder(nn.Module):
         return self.head_from(self.features(x)[-1])
 
 
+def reconstruction_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Pixel loss of inversion: L1 at full resolution + L2 at 1/4 resolution (colour and layout)."""
+    return (y - x).abs().mean() + F.mse_loss(F.avg_pool2d(y, 4), F.avg_pool2d(x, 4))
+
+
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) summed over dimensions, per sample."""
     return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).sum(1)
@@ -127,7 +137,7 @@ class WPlusInverterConfig:
             raise UserError(f"W+ inverter: layer groups {self.groups} must be positive and sum to num_ws={self.num_ws}")
         if len(self.feature_res) != len(self.groups):
             raise UserError("W+ inverter: give one feature resolution per layer group")
-        have = [enc.size // 2 ** (i + 1) for i in range(len(enc.widths))]
+        have = enc.feature_resolutions
         bad = [r for r in self.feature_res if r not in have]
         if bad:
             raise UserError(f"W+ inverter: the encoder has no {bad[0]}px features (it has {have})")
@@ -191,10 +201,9 @@ class WPlusInverter(nn.Module):
         enc = ImageEncoderConfig.from_dict(c.encoder)
         self.encoder = ImageEncoder(enc)
         self.mapping = MappingNetwork(c.mapping_config())
-        res_to_ch = {enc.size // 2 ** (i + 1): ch for i, ch in enumerate(enc.widths)}  # feats[i]: size/2^(i+1) px
-        self.heads = nn.ModuleList(OffsetHead(res_to_ch[r], r, c.head_width, n, c.w_dim)
+        self._res_index = {r: i for i, r in enumerate(enc.feature_resolutions)}
+        self.heads = nn.ModuleList(OffsetHead(enc.widths[self._res_index[r]], r, c.head_width, n, c.w_dim)
                                    for r, n in zip(c.feature_res, c.groups))
-        self._res_index = {enc.size // 2 ** (i + 1): i for i in range(len(enc.widths))}
         self.register_buffer("active", torch.ones(c.num_ws))  # progressive training switches layers on
 
     @classmethod

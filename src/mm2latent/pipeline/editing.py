@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import UserError
+from ..models.inversion import reconstruction_loss
 
 EDIT_MODES = ("delta", "blend")
 FEATURE_WEIGHT = 0.1  # refinement: weight of the image-embedding (feature) loss next to pixel L1 + L2
@@ -132,13 +133,12 @@ class EditingMixin:
         if refine_steps:
             ws.requires_grad_(True)
             opt = torch.optim.Adam([ws], lr=lr)
-            small = F.avg_pool2d(x, 4)
             enc_img = self.controls.encoder
             with torch.no_grad():
                 target = enc_img.encode_image(x) if feature_weight else None
             for _ in range(refine_steps):
                 y = self.G.synthesis(ws, noise_mode="const")
-                loss = (y - x).abs().mean() + F.mse_loss(F.avg_pool2d(y, 4), small) + reg * (ws - w0).square().mean()
+                loss = reconstruction_loss(y, x) + reg * (ws - w0).square().mean()
                 if feature_weight:  # feature loss: the world image encoder's embedding (FaRL's image tower)
                     loss = loss + feature_weight * (1 - (enc_img.encode_image(y) * target).sum(-1)).mean()
                 opt.zero_grad(set_to_none=True)
@@ -158,11 +158,10 @@ class EditingMixin:
 
         synthesis = copy.deepcopy(self.G.synthesis).train().requires_grad_(True)
         opt = torch.optim.Adam(synthesis.parameters(), lr=lr)
-        small = F.avg_pool2d(x, 4)
         with torch.enable_grad():
             for _ in range(steps):
                 y = synthesis(ws, noise_mode="const")
-                loss = (y - x).abs().mean() + F.mse_loss(F.avg_pool2d(y, 4), small)
+                loss = reconstruction_loss(y, x)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

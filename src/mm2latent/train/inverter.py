@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
-from ..models.inversion import WPlusInverter
+from ..models.inversion import WPlusInverter, reconstruction_loss
 from . import state as ckpt
 from .generator_ae import frozen_judge, judge_losses
 from .stylegan2 import DataOrder
@@ -155,7 +155,7 @@ class InverterTrainer:
         ws, offsets = self.inv(x)
         y = G.synthesis(ws, noise_mode="const")
         stats: dict[str, float] = {}
-        pix = (y - x).abs().mean() + F.mse_loss(F.avg_pool2d(y, 4), F.avg_pool2d(x, 4))
+        pix = reconstruction_loss(y, x)
         reg = offsets.square().mean()
         loss = o.pixel_weight * pix + o.offset_reg * reg
         stats["pix"], stats["offset_ms"] = pix.item(), reg.item()

@@ -81,3 +81,60 @@ def test_retrieval_and_probe_metrics_known_cases():
     x = torch.nn.functional.normalize(torch.randn(2000, d), dim=1)
     y = torch.nn.functional.normalize(x + sd * torch.randn_like(x), dim=1)
     assert (x * y).sum(1).mean().item() == pytest.approx(c, abs=0.02)
+
+
+def test_flipped_caption_states_one_flipped_fact():
+    """Each hard negative is written by the world grammar and states the opposite of one fact of the
+    image's own caption (or swaps its hair colour/texture for another one)."""
+    from mm2latent.train.clip import flipped_caption
+    from mm2latent.world.attributes import ATTRIBUTES, HAIR_COLOURS
+    from mm2latent.world.captions import make_captions, stated_facts
+
+    rng = np.random.default_rng(0)
+    flipped_ok = 0
+    for k in range(60):
+        attrs = rng.random(len(ATTRIBUTES)) < 0.3
+        attrs[[ATTRIBUTES.index(c) for c in HAIR_COLOURS]] = False
+        attrs[ATTRIBUTES.index(HAIR_COLOURS[k % 4])] = True
+        cap = make_captions({a: bool(v) for a, v in zip(ATTRIBUTES, attrs)}, rng, n=1)[0]
+        facts = stated_facts(cap.text)
+        neg = flipped_caption(attrs, facts, rng)
+        assert isinstance(neg, str) and neg and neg != cap.text
+        neg_facts = stated_facts(neg)
+        truth = dict(zip(ATTRIBUTES, attrs.tolist()))
+        contradicted = [a for a, v in neg_facts.items() if truth[a] != v]
+        flipped_ok += bool(contradicted)
+    assert flipped_ok >= 57  # nearly every negative contradicts the image somewhere
+
+
+def test_hard_negative_training_learns_and_resumes_exactly(cache, tmp_path):
+    def opts(out):
+        o = _opts(cache, out, 6)
+        o.hard_negatives = True
+        return o
+
+    full = train_clip(opts(tmp_path / "full"))
+    train_clip(opts(tmp_path / "part"), stop_at=3)
+    resumed = train_clip(opts(tmp_path / "part"), resume=True)
+    for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    import json
+
+    rec = [json.loads(l) for l in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert all("neg_acc" in r for r in rec)
+    images, tokens = full.batch()
+    assert tokens.shape[0] == 2 * images.shape[0]  # captions, then one hard negative each
+    with pytest.raises(Exception):  # hard negatives on/off is a training option that must match on resume
+        train_clip(_opts(cache, tmp_path / "part", 8), resume=True)
+
+
+def test_clip_config_overrides(cache):
+    from mm2latent.common.errors import UserError
+    from mm2latent.train.clip import clip_config
+
+    assert clip_config({"vision_patch_size": 8}).vision_patch_size == 8
+    assert clip_config("world_small").vision_patch_size == 16
+    with pytest.raises(UserError, match="unknown CLIP config"):
+        clip_config({"vision_patchsize": 8})
+    with pytest.raises(UserError, match="unknown CLIP preset"):
+        clip_config("huge")

@@ -18,6 +18,11 @@ def add_train_clip(train_sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (checkpoint kept)")
     p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--config", default="world_small",
+                   help="CLIP preset (world_small, farl_vit_b16) or a JSON object of fields overriding world_small, "
+                        "e.g. '{\"vision_patch_size\": 8}'")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="add one caption of the same face with one stated attribute flipped as an extra negative")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export", default=None, help="write the final model (fp16 safetensors+json) here")
     p.set_defaults(func=_train_clip)
@@ -28,8 +33,15 @@ def _train_clip(a) -> int:
 
     if a.steps <= 0 or a.batch < 2:
         raise UserError("--steps must be positive and --batch at least 2")
+    config = a.config
+    if config.lstrip().startswith("{"):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--config is not valid JSON: {e}") from None
     opts = CLIPTrainOptions(data=a.data, out=a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                            minutes=a.minutes, ckpt_every=a.ckpt_every)
+                            minutes=a.minutes, ckpt_every=a.ckpt_every, config=config,
+                            hard_negatives=a.hard_negatives)
     train_clip(opts, resume=a.resume, export=a.export)
     return 0
 

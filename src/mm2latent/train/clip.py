@@ -5,6 +5,16 @@ captions are tokenised once up front; each batch trims token sequences to its
 longest caption, which is exact because the text tower is causal and pools at
 the end token. Checkpoints carry model, optimiser, RNG and data-order state,
 so ``--resume`` continues the same run bit for bit.
+
+``hard_negatives``: random in-batch captions differ from an image's own in
+many attributes at once, so the towers can score well while ignoring any
+single one (the first world model left eyeglasses, hats and smiles at chance).
+With this option every image also meets one caption of *itself with one
+stated attribute flipped* ("... wearing glasses" -> "... with no glasses"),
+written by the world's caption grammar and checked to state the flipped fact;
+it is an extra negative in the image->text softmax (NegCLIP, Yuksekgonul et
+al. 2023). Attribute-level and negation sensitivity is what MappingNet needs
+from the text embedding.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import torch.nn.functional as F
 from ..common.errors import UserError
 from ..common.progress import progress
 from ..models.clip import CLIP, CLIPConfig, save_clip
+from ..world.attributes import ATTRIBUTES, HAIR_COLOURS, HAIR_TEXTURES
+from ..world.captions import make_captions
 from . import state as st
 
 TRAIN_KIND = "clip-train"
@@ -40,7 +52,8 @@ class CLIPTrainOptions:
     seed: int = 0
     ckpt_every: int = 250
     minutes: float | None = None   # stop (with a checkpoint) after this much wall time
-    config: str | dict = "world_small"   # a CLIPConfig preset name or explicit fields
+    config: str | dict = "world_small"   # a CLIPConfig preset name, or fields overriding world_small
+    hard_negatives: bool = False         # add one attribute-flipped caption per image as a negative
 
 
 def _cosine_lr(step: int, o: CLIPTrainOptions) -> float:
@@ -57,8 +70,7 @@ class CLIPTrainer:
         self.o = opts
         self.data = CachedWorldDataset(opts.data)
         torch.manual_seed(opts.seed)
-        cfg = CLIPConfig(**opts.config) if isinstance(opts.config, dict) else getattr(CLIPConfig, opts.config)()
-        self.model = CLIP(cfg)
+        self.model = CLIP(clip_config(opts.config))
         self.model.train()
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
@@ -68,6 +80,11 @@ class CLIPTrainer:
         self.step = 0
         self.rng = np.random.default_rng(opts.seed)
         self.tokens, self.lengths = self._tokenize_all()
+        if opts.hard_negatives:
+            from ..world.captions import stated_facts
+
+            self.facts = [[stated_facts(c) for c in row]
+                          for row in progress(self.data.captions, desc="caption facts", unit="image")]
 
     def _tokenize_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All captions -> (N, C, 77) int32 tokens and their lengths (position of EOT + 1)."""
@@ -89,18 +106,26 @@ class CLIPTrainer:
         idx_sorted, cap_sorted = idx[order], cap[order]
         toks = self.tokens[idx_sorted, cap_sorted]
         L = int(self.lengths[idx_sorted, cap_sorted].max())
-        return b["image"], toks[:, :L].long()
+        if not self.o.hard_negatives:
+            return b["image"], toks[:, :L].long()
+        negs = [flipped_caption(self.data.attributes[i], self.facts[i][c], self.rng)
+                for i, c in zip(idx_sorted.tolist(), cap_sorted.tolist())]
+        neg_toks = self.model.tokenizer.tokenize(negs)
+        L = max(L, int((neg_toks.argmax(-1) + 1).max()))
+        return b["image"], torch.cat([toks[:, :L].long(), neg_toks[:, :L].long()])
 
     def train_step(self) -> dict[str, float]:
         for g in self.opt.param_groups:
             g["lr"] = _cosine_lr(self.step, self.o)
         images, tokens = self.batch()
         img = self.model.encode_image(images)
-        txt = self.model.encode_text(tokens)
+        txt = self.model.encode_text(tokens)  # (B, D), or (2B, D): the captions, then their hard negatives
         scale = self.model.logit_scale.exp().clamp(max=100)
-        logits = scale * img @ txt.t()
-        target = torch.arange(len(img))
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        n = len(img)
+        logits_i2t = scale * img @ txt.t()  # (B, B) or (B, 2B)
+        logits = logits_i2t[:, :n]
+        target = torch.arange(n)
+        loss = 0.5 * (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits.t(), target))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -108,8 +133,12 @@ class CLIPTrainer:
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
             acc = (logits.argmax(1) == target).float().mean().item()
+            out = {"loss": loss.item(), "acc": acc, "scale": scale.item()}
+            if len(txt) > n:  # how often the true caption beats its own flipped version
+                own = logits_i2t.diagonal()
+                out["neg_acc"] = (own > logits_i2t[:, n:].diagonal()).float().mean().item()
         self.step += 1
-        return {"loss": loss.item(), "acc": acc, "scale": scale.item()}
+        return out
 
     # -- state ----------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -128,6 +157,53 @@ class CLIPTrainer:
         st.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
         self.rng.bit_generator.state = meta["data_rng"]
         self.step = int(meta["step"])
+
+
+def clip_config(spec: str | dict) -> CLIPConfig:
+    """A preset name (``world_small``, ``farl_vit_b16``) or a dict of fields overriding ``world_small``."""
+    if isinstance(spec, dict):
+        base = CLIPConfig.world_small().to_dict()
+        unknown = sorted(set(spec) - set(base))
+        if unknown:
+            raise UserError(f"unknown CLIP config fields: {', '.join(unknown)}")
+        return CLIPConfig.from_dict({**base, **spec})
+    if spec not in ("world_small", "farl_vit_b16"):
+        raise UserError(f"unknown CLIP preset {spec!r}; use world_small, farl_vit_b16 or a JSON object of fields")
+    return getattr(CLIPConfig, spec)()
+
+
+_EXCLUSIVE_GROUPS = (HAIR_COLOURS, HAIR_TEXTURES)
+
+
+def flipped_caption(attrs: np.ndarray, facts: dict[str, bool], rng: np.random.Generator, tries: int = 12) -> str:
+    """A training-grammar caption of a face that differs from ``attrs`` in one of
+    the attributes its caption states (``facts``), accepted only if it says so
+    (many attributes have no negated surface form, so "not bushy eyebrows" may
+    be unsayable: then another attribute is tried). Hair colours and textures
+    stay exclusive (blond -> one of the other colours). If the grammar does not
+    oblige within ``tries``, the last caption of a flipped face is used as it is."""
+    base = {a: bool(attrs[j]) for j, a in enumerate(ATTRIBUTES)}
+    keys = sorted(facts) or list(ATTRIBUTES)
+    cap = None
+    for t in range(tries):
+        a = keys[int(rng.integers(len(keys)))] if t < tries // 2 else ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
+        want = not base[a]
+        flipped = dict(base)
+        group = next((g for g in _EXCLUSIVE_GROUPS if a in g), None)
+        if group is not None:  # blond -> another colour; not blond -> blond and no other colour
+            for g in group:
+                flipped[g] = False
+            if want:
+                flipped[a] = True
+            else:
+                other = [g for g in group if g != a]
+                flipped[other[int(rng.integers(len(other)))]] = True
+        else:
+            flipped[a] = want
+        cap = make_captions(flipped, rng, n=1)[0]
+        if any(base[k] != v for k, v in cap.facts.items()):
+            return cap.text
+    return cap.text
 
 
 def train_clip(opts: CLIPTrainOptions, resume: bool = False, export: str | None = None,

@@ -98,14 +98,17 @@ class CLIPConfig:
 
         Same tokenizer, context length and embedding size (512) as FaRL so the
         rest of the pipeline (MappingNet input of 512 + spatial) is unchanged.
-        Images are seen at 64x64 (the 128-px renders are downsampled by the
-        preprocessing) as a 4x4 grid of 16-px patches; widths are 128. The text
-        tower's 49,408-row token table dominates the size (6.3M of ~8.5M
-        parameters), so the shipped fp16 file is ~17 MB.
+        Images are seen at the renders' 128x128 as an 8x8 grid of 16-px patches
+        (the first world model saw 64x64 as 4x4 patches and its image
+        embeddings carried no trace of eyeglasses or smiles; 128/16 costs the
+        same per image as 64/8, measured, and keeps the thin strokes those
+        attributes are drawn with); widths are 128. The text tower's
+        49,408-row token table dominates the size (6.3M of ~8.5M parameters),
+        so the shipped fp16 file is ~17 MB.
         """
         return cls(
             embed_dim=512,
-            image_resolution=64,
+            image_resolution=128,
             vision_layers=4,
             vision_width=128,
             vision_patch_size=16,

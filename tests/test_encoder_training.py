@@ -138,3 +138,14 @@ def test_clip_config_overrides(cache):
         clip_config({"vision_patchsize": 8})
     with pytest.raises(UserError, match="unknown CLIP preset"):
         clip_config("huge")
+
+
+def test_train_clip_cli_rejects_bad_config(cache, tmp_path, capsys):
+    from mm2latent.cli.main import main
+
+    base = ["train", "clip", "--data", str(cache), "--out", str(tmp_path / "r"), "--steps", "1", "--batch", "4"]
+    assert main(base + ["--config", "{not json"]) != 0
+    assert "--config is not valid JSON" in capsys.readouterr().err
+    assert main(base + ["--config", '{"vision_patchsize": 8}']) != 0
+    assert "unknown CLIP config fields: vision_patchsize" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # refused before anything is written

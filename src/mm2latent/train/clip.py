@@ -210,6 +210,7 @@ def train_clip(opts: CLIPTrainOptions, resume: bool = False, export: str | None 
                stop_at: int | None = None) -> CLIPTrainer:
     """Train (or resume) a run. ``stop_at`` ends this invocation early at that step, as an
     interruption would (the schedule still follows ``opts.steps``)."""
+    clip_config(opts.config)  # a bad config is refused before anything is written
     run = Path(opts.out)
     if run.exists() and any(run.iterdir()) and not resume:
         raise UserError(f"run directory {run} is not empty; pass --resume to continue it")

@@ -34,7 +34,7 @@ from ..common.errors import UserError
 from ..common.progress import progress
 from ..models.clip import CLIP, CLIPConfig, save_clip
 from ..world.attributes import ATTRIBUTES, HAIR_COLOURS, HAIR_TEXTURES
-from ..world.captions import make_captions
+from ..world.captions import make_captions, stated_facts
 from . import state as st
 
 TRAIN_KIND = "clip-train"
@@ -54,6 +54,11 @@ class CLIPTrainOptions:
     minutes: float | None = None   # stop (with a checkpoint) after this much wall time
     config: str | dict = "world_small"   # a CLIPConfig preset name, or fields overriding world_small
     hard_negatives: bool = False         # add one attribute-flipped caption per image as a negative
+
+
+def eot_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """Length of each token row up to and including its end token (the largest id, 49407)."""
+    return tokens.argmax(-1) + 1
 
 
 def _cosine_lr(step: int, o: CLIPTrainOptions) -> float:
@@ -81,8 +86,6 @@ class CLIPTrainer:
         self.rng = np.random.default_rng(opts.seed)
         self.tokens, self.lengths = self._tokenize_all()
         if opts.hard_negatives:
-            from ..world.captions import stated_facts
-
             self.facts = [[stated_facts(c) for c in row]
                           for row in progress(self.data.captions, desc="caption facts", unit="image")]
 
@@ -95,8 +98,7 @@ class CLIPTrainer:
         out = torch.zeros(len(flat), self.model.config.context_length, dtype=torch.int32)
         for i in progress(range(0, len(flat), 512), desc="tokenising", unit="batch"):
             out[i:i + 512] = tok.tokenize(flat[i:i + 512]).to(torch.int32)
-        lengths = out.argmax(-1) + 1
-        return out.view(n, c, -1), lengths.view(n, c)
+        return out.view(n, c, -1), eot_lengths(out).view(n, c)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self.rng.choice(len(self.data), self.o.batch, replace=False)
@@ -111,7 +113,7 @@ class CLIPTrainer:
         negs = [flipped_caption(self.data.attributes[i], self.facts[i][c], self.rng)
                 for i, c in zip(idx_sorted.tolist(), cap_sorted.tolist())]
         neg_toks = self.model.tokenizer.tokenize(negs)
-        L = max(L, int((neg_toks.argmax(-1) + 1).max()))
+        L = max(L, int(eot_lengths(neg_toks).max()))
         return b["image"], torch.cat([toks[:, :L].long(), neg_toks[:, :L].long()])
 
     def train_step(self) -> dict[str, float]:

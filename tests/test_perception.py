@@ -354,6 +354,51 @@ def test_init_fine_tunes_exported_weights(cache, tmp_path):
                             quiet=True)
 
 
+def test_freeze_encoder_trains_a_wider_decoder_behind_the_same_code(cache, tmp_path):
+    """--freeze-encoder: the exported encoder is the --init file's bit for bit
+    (so embeddings MappingNet was trained on stay valid), its batch-norm
+    statistics do not drift, the (wider) decoder trains, and resume is exact."""
+    tp.train_perception(_opts("mask_ae", cache, tmp_path / "src", steps=4), quiet=True)
+    exported = tmp_path / "src" / "mask_ae.safetensors"
+    wider = {"dec_base": 8, "dec_max_width": 24}
+    kw = dict(init=str(exported), model=wider, freeze_encoder=True, lr=1e-2, augment=False)
+    tr = tp.train_perception(_opts("mask_ae", cache, tmp_path / "ft", steps=30, **kw), quiet=True)
+    losses = _losses(tmp_path / "ft")
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:3])
+    ref = load_module_file(exported, "mask_ae")
+    out = load_module_file(tmp_path / "ft" / "mask_ae.safetensors", "mask_ae")
+    assert out.config.dec_widths() != ref.config.dec_widths() and out.config.widths() == ref.config.widths()
+    masks = torch.from_numpy(np.load(cache / "masks.npy")[:6].astype(np.int64))
+    with torch.no_grad():
+        assert torch.equal(out.encode(masks), ref.encode(masks))
+    enc_keys = [k for k in ref.state_dict() if k.startswith(("enc.", "to_code."))]
+    assert enc_keys and all(torch.equal(out.state_dict()[k], ref.state_dict()[k]) for k in enc_keys)
+    meta = json.loads((tmp_path / "ft" / "mask_ae.json").read_text())["trained"]
+    assert meta["encoder_frozen"] is True
+    # only decoder parameters are optimised
+    n_opt = sum(p.numel() for g in tr.opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for n, p in tr.model.named_parameters() if not n.startswith(("enc.", "to_code.")))
+    # exact resume of a frozen-encoder run
+    a = tp.train_perception(_opts("mask_ae", cache, tmp_path / "a", steps=6, ckpt_minutes=100, **kw), quiet=True)
+    ob = _opts("mask_ae", cache, tmp_path / "b", steps=6, ckpt_minutes=100, **kw)
+    b = tp.PerceptionTrainer(ob)
+    for _ in range(3):
+        b.step()
+    tp.write_checkpoint(b, tmp_path / "b")
+    b2 = tp.train_perception(ob, resume=True, quiet=True)
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b2.model.state_dict().items()):
+        assert torch.equal(va, vb), k
+    # refused: no --init, an encoder field, a task without a spatial encoder
+    with pytest.raises(UserError, match="--init"):
+        tp.train_perception(_opts("mask_ae", cache, tmp_path / "x1", steps=1, freeze_encoder=True), quiet=True)
+    with pytest.raises(UserError, match="base"):
+        tp.train_perception(_opts("mask_ae", cache, tmp_path / "x2", steps=1, init=str(exported),
+                                  model={"base": 8}, freeze_encoder=True), quiet=True)
+    with pytest.raises(UserError, match="freeze-encoder"):
+        tp.train_perception(_opts("parser", cache, tmp_path / "x3", steps=1, init=str(exported), model={},
+                                  freeze_encoder=True), quiet=True)
+
+
 def test_minutes_budget_stops(cache, tmp_path):
     tr = tp.train_perception(_opts("coeff_ae", cache, tmp_path / "m", minutes=0.002), quiet=True)
     assert tr.step_count >= 1 and tr.elapsed >= 0.12

@@ -212,6 +212,11 @@ def register_train_subcommands(models) -> None:
         s.add_argument("--init", default=None, metavar="WEIGHTS",
                        help=f"start from exported {task} weights (e.g. the shipped ones) instead of random ones; "
                        "the architecture comes from the file")
+        if task in ("mask_ae", "sketch_ae"):
+            s.add_argument("--freeze-encoder", action="store_true",
+                           help="with --init: train only the decoder, keeping the encoder (and the embeddings "
+                           "MappingNet was trained on) bit-identical; --model-config may then set dec_base, "
+                           "dec_max_width, heads")
         s.add_argument("--ckpt-minutes", type=_positive_float, default=5.0, help="checkpoint interval (default 5)")
         s.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
         s.set_defaults(func=_train, perception_task=task)
@@ -225,6 +230,7 @@ def _train(args) -> int:
         batch=args.batch, lr=args.lr, schedule=args.schedule, warmup=args.warmup, augment=not args.no_augment,
         seed=args.seed, limit=args.limit, val=args.val, val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
         model=args.model_config, export=args.export, threads=args.threads, init=args.init,
+        freeze_encoder=getattr(args, "freeze_encoder", False),
     )
     train_perception(opts, resume=args.resume)
     return 0

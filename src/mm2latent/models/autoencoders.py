@@ -71,6 +71,11 @@ class SpatialAEConfig:
     heads: int = 3  # decoder levels that feed the output
     latent: str = "spatial"  # "spatial": the code is a (D / bottom^2, bottom, bottom) map, flattened; "dense": a linear layer
     full_res: bool = False  # convs at full resolution; False: 2x2 space-to-depth stem and pixel-shuffle output
+    #: decoder widths, when they differ from the encoder's (0: same as ``base`` / ``max_width``): a
+    #: wider decoder can be trained behind a frozen encoder, so that the code, and everything
+    #: trained on it (MappingNet), stays valid while reconstructions sharpen
+    dec_base: int = 0
+    dec_max_width: int = 0
 
     #: files written before these options existed were built this way
     LEGACY_DEFAULTS = {"full_res": True, "latent": "dense"}
@@ -83,6 +88,10 @@ class SpatialAEConfig:
 
     def widths(self) -> list[int]:
         return [min(self.base * 2**i, self.max_width) for i in range(self.levels() + 1)]
+
+    def dec_widths(self) -> list[int]:
+        base, top = self.dec_base or self.base, self.dec_max_width or self.max_width
+        return [min(base * 2**i, top) for i in range(self.levels() + 1)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +120,7 @@ class SpatialAE(nn.Module):
     def __init__(self, config: SpatialAEConfig):
         super().__init__()
         self.config = cfg = config
-        w = cfg.widths()
+        w, dw = cfg.widths(), cfg.dec_widths()
         n = cfg.levels()
         # first level: full-resolution convs, or a lossless 2x2 stride-2 conv
         # straight to level 1 (cheaper, and no thin full-resolution layer
@@ -128,17 +137,17 @@ class SpatialAE(nn.Module):
         if cfg.latent == "dense":
             flat = w[n] * cfg.bottom * cfg.bottom
             self.to_code = nn.Linear(flat, cfg.latent_dim)
-            self.from_code = nn.Sequential(nn.Linear(cfg.latent_dim, flat), nn.ReLU(inplace=True))
+            self.from_code = nn.Sequential(nn.Linear(cfg.latent_dim, dw[n] * cfg.bottom * cfg.bottom), nn.ReLU(inplace=True))
         elif cfg.latent == "spatial":
             if cfg.latent_dim % (cfg.bottom * cfg.bottom):
                 raise ValueError(f"latent_dim {cfg.latent_dim} must be a multiple of bottom^2 = {cfg.bottom ** 2}")
             c_lat = cfg.latent_dim // (cfg.bottom * cfg.bottom)
             self.to_code = nn.Conv2d(w[n], c_lat, 1)
-            self.from_code = nn.Sequential(nn.Conv2d(c_lat, w[n], 3, 1, 1), nn.ReLU(inplace=True))
+            self.from_code = nn.Sequential(nn.Conv2d(c_lat, dw[n], 3, 1, 1), nn.ReLU(inplace=True))
         else:
             raise ValueError(f"latent must be 'dense' or 'spatial', got {cfg.latent!r}")
         self.dec = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_bn_relu(w[i + 1], w[i]), conv_bn_relu(w[i], w[i]))
+            nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv_bn_relu(dw[i + 1], dw[i]), conv_bn_relu(dw[i], dw[i]))
             for i in reversed(range(self.first, n))
         )
         # output = sum of 1x1 heads on the finest ``heads`` levels (coarser
@@ -147,8 +156,12 @@ class SpatialAE(nn.Module):
         # the finest head predicts each 2x2 block (pixel shuffle)
         nh = max(1, min(cfg.heads, n + 1 - self.first))
         self.heads = nn.ModuleList(
-            nn.Conv2d(w[self.first + j], cfg.out_channels * (4 if (j == 0 and self.first) else 1), 1) for j in range(nh)
+            nn.Conv2d(dw[self.first + j], cfg.out_channels * (4 if (j == 0 and self.first) else 1), 1) for j in range(nh)
         )
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """The modules ``encode`` runs through (frozen by ``--freeze-encoder``)."""
+        return [self.enc, self.to_code]
 
     def _check(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config

@@ -45,6 +45,9 @@ from ..models.autoencoders import augment_mask_pair, augment_sketch_pair, random
 from ..perception import build_model, save_module
 
 TASKS: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
+#: tasks whose encoder can be frozen, and the config fields that only shape their decoder
+FREEZABLE_TASKS: tuple[str, ...] = ("mask_ae", "sketch_ae")
+DECODER_FIELDS: tuple[str, ...] = ("dec_base", "dec_max_width", "heads")
 TRAIN_KIND_PREFIX = "train_"
 
 #: per-task defaults (batch, learning rate)
@@ -83,6 +86,9 @@ class PerceptionTrainOptions:
     export: str | None = None
     threads: int | None = None
     init: str | None = None  # start from these exported weights (fine-tuning); the architecture comes from the file
+    #: mask/sketch AE with --init: train the decoder only, the encoder (and so every embedding
+    #: MappingNet was trained on) stays bit-identical; ``model`` may then widen the decoder
+    freeze_encoder: bool = False
 
     def validate(self, require_budget: bool = True) -> None:
         if self.task not in TASKS:
@@ -103,7 +109,16 @@ class PerceptionTrainOptions:
             raise UserError("--limit must be positive")
         if self.ckpt_minutes <= 0:
             raise UserError("--ckpt-minutes must be positive")
-        if self.init is not None and self.model:
+        if self.freeze_encoder:
+            if self.task not in FREEZABLE_TASKS:
+                raise UserError(f"--freeze-encoder applies to {' and '.join(FREEZABLE_TASKS)}, not {self.task}")
+            if self.init is None:
+                raise UserError("--freeze-encoder needs --init WEIGHTS (the encoder to keep)")
+            other = sorted(set(self.model) - set(DECODER_FIELDS))
+            if other:
+                raise UserError(f"with --freeze-encoder only the decoder may change ({', '.join(DECODER_FIELDS)}); "
+                                f"drop {', '.join(other)} from --model-config")
+        elif self.init is not None and self.model:
             raise UserError("--init takes the architecture from the weights file; drop --model-config")
 
     def resolved(self) -> "PerceptionTrainOptions":
@@ -524,9 +539,15 @@ class PerceptionTrainer:
             self.model = build_model(opts.task, model_config, stored=True)
         elif opts.init:
             self.model, self.init_trained = load_init_weights(opts.init, opts.task)
+            if opts.model:
+                self.model = with_new_decoder(self.model, opts.task, opts.model)
         else:
             self.model = build_model(opts.task, self.task.model_config())
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        if opts.freeze_encoder:
+            for m in self.model.encoder_modules():
+                m.requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
         self.sampler = Sampler(len(self.data), opts.seed)
         self.step_count = 0
         self.images_seen = 0
@@ -596,6 +617,9 @@ class PerceptionTrainer:
         batch = self.data.batch(idx)
         gen = torch.Generator().manual_seed((o.seed * 1_000_003 + self.step_count) % (2**63))
         self.model.train()
+        if o.freeze_encoder:
+            for m in self.model.encoder_modules():
+                m.eval()  # batch-norm statistics stay those of the shipped encoder
         loss, logs = self.task.loss(self.model, batch, gen)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {self.step_count}")
@@ -618,6 +642,8 @@ class PerceptionTrainer:
             trained["init"] = {"weights": str(self.opts.init), "trained": prev}
             trained["total_images_seen"] = int(prev.get("total_images_seen", prev.get("images_seen", 0))) + self.images_seen
             trained["total_minutes"] = round(float(prev.get("total_minutes", prev.get("minutes", 0.0))) + self.elapsed / 60, 2)
+        if self.opts.freeze_encoder:
+            trained["encoder_frozen"] = True  # the encoder is the --init file's, bit for bit
         extra = {"trained": trained, "val": self.last_val}
         return save_module(self.model, path, half=True, extra=extra)
 
@@ -630,6 +656,20 @@ def load_init_weights(path: str | os.PathLike, task: str) -> tuple[torch.nn.Modu
     model = load_module_file(path, task).train().requires_grad_(True)
     _, cfg = load_checkpoint(path, expect_kind=task)
     return model, dict(cfg.get("trained") or {})
+
+
+def with_new_decoder(model: torch.nn.Module, task: str, changes: dict) -> torch.nn.Module:
+    """``model`` rebuilt with decoder ``changes`` to its config: the encoder's
+    tensors are carried over, and every decoder tensor whose shape still fits
+    (the rest start fresh)."""
+    new = build_model(task, {**model.config.to_dict(), **changes})
+    old = model.state_dict()
+    state = new.state_dict()
+    for k, v in old.items():
+        if k in state and state[k].shape == v.shape:
+            state[k] = v
+    new.load_state_dict(state)
+    return new.train()
 
 
 def write_checkpoint(tr: PerceptionTrainer, run_dir: Path, keep: int = 2) -> Path:

@@ -7,7 +7,9 @@ data, then evaluated with *real* captions on held-out world faces):
   shipped setting (the measured image-text gap of our encoder) -- the paper's claim
   is that without noise the net does not transfer from image to text embeddings;
 * W vs W+ output;
-* with / without the image-space parser loss (--seg, costs a generator pass per step).
+* with / without the image-space parser loss (--seg, costs a generator pass per step);
+  with --from-shipped both arms start from the shipped MappingNet and train --seg-steps
+  more steps at --seg-lr, so that the comparison isolates the loss, not the budget.
 
 Prints and writes a JSON table: text fidelity (in-grammar, held-out grammar),
 text+mask fidelity and mask mIoU for each variant.
@@ -29,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from mm2latent.common.progress import progress  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import _batched_embeddings, fact_accuracy, render_test  # noqa: E402
 from mm2latent.pipeline import Pipeline  # noqa: E402
@@ -66,6 +69,11 @@ def main() -> None:
     ap.add_argument("--variants", default="noise,wplus", help="comma list from noise, wplus, seg")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--seg-steps", type=int, default=300, help="steps for the parser-loss variant (slow on CPU)")
+    ap.add_argument("--image-arms", default="0.1:0",
+                    help="comma list of SEG:ATTR weight pairs (parser CE, attribute BCE on G(w)) to compare with 0:0")
+    ap.add_argument("--seg-lr", type=float, default=None, help="learning rate of the parser-loss arms")
+    ap.add_argument("--from-shipped", action="store_true",
+                    help="parser-loss arms fine-tune the shipped MappingNet instead of starting fresh")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-dir", default=None, help="also keep each variant's mapping_net here")
@@ -83,17 +91,25 @@ def main() -> None:
     if "wplus" in wanted:
         variants.append((f"W+ (noise={sigma:.4f})", {"text_noise_std": sigma, "wplus": True}))
     if "seg" in wanted:
-        variants.append((f"no parser loss, {a.seg_steps} steps", {"text_noise_std": sigma, "steps": a.seg_steps}))
-        variants.append((f"parser loss 0.1, {a.seg_steps} steps", {"text_noise_std": sigma, "steps": a.seg_steps,
-                                                                   "seg_weight": 0.1}))
+        start = "shipped + " if a.from_shipped else ""
+        seg_kw = {"text_noise_std": sigma, "steps": a.seg_steps, **({"lr": a.seg_lr} if a.seg_lr else {})}
+        for arm in ["0:0"] + [v for v in a.image_arms.split(",") if v.strip()]:
+            seg_w, attr_w = (float(v) for v in arm.split(":"))
+            label = " + ".join([f"parser loss {seg_w:g}"] * (seg_w > 0) + [f"attribute loss {attr_w:g}"] * (attr_w > 0))
+            variants.append((f"{start}{a.seg_steps} steps, {label or 'w loss only'}",
+                             {**seg_kw, "seg_weight": seg_w, "attr_weight": attr_w, "init": a.from_shipped}))
     table = {"sigma": sigma, "steps": a.steps, "num": a.num, "data": a.data, "rows": {}}
     for name, kw in variants:
+        kw = dict(kw)
+        init = kw.pop("init", False)
         with tempfile.TemporaryDirectory() as tmp:
             opts = MappingTrainOptions(data=a.data, out=tmp, **{"steps": a.steps, **kw}, weights=a.weights,
                                        batch=a.batch)
             torch.manual_seed(0)
             tr = MappingTrainer(opts, mdata)
-            for _ in range(opts.steps):
+            if init:
+                tr.net.load_state_dict(base_pipe.mapping.state_dict())
+            for _ in progress(range(opts.steps), desc=name, unit="step"):
                 tr.train_step()
             val = tr.validate()
             if a.save_dir:

@@ -6,8 +6,11 @@ inference, except that the text slot holds the *pseudo text embedding*
 normalise(image_emb + N(0, text_noise_std^2 I)) and every modality is replaced
 by its learned absent embedding with probability ``drop_prob`` (so any subset
 works at inference). Loss: L1 + cosine on w (DESIGN.md section 1), plus an
-optional image-space term: the parser's cross-entropy of G(w_pred) against the
-sample's mask (``seg_weight``; costs a generator pass per step on CPU).
+optional image-space terms on G(w_pred), sharing one generator pass per step
+(costly on CPU): the parser's cross-entropy against the sample's mask
+(``seg_weight``) and the attribute classifier's binary cross-entropy against
+the sample's attribute probabilities (``attr_weight``), both read off G(w) by
+the same judges when the data was made.
 
 The last ``val_fraction`` of the data is held out; its w loss with all
 modalities and with text only is logged at each checkpoint. Checkpoints go
@@ -55,8 +58,9 @@ class MappingTrainOptions(ckpt.OptionsDict):
     dropout: float = 0.1
     cos_weight: float = 1.0
     seg_weight: float = 0.0
-    seg_batch: int = 8
-    weights: str | None = None  # generator + parser for the image-space term (default: shipped)
+    attr_weight: float = 0.0
+    seg_batch: int = 8  # samples per step that go through the generator for the image-space terms
+    weights: str | None = None  # generator + parser/analyzer for the image-space terms (default: shipped)
     val_fraction: float = 0.05
     seed: int = 0
     ckpt_minutes: float = 2.0
@@ -75,6 +79,8 @@ class MappingTrainOptions(ckpt.OptionsDict):
             raise UserError("--text-noise must be >= 0 and --drop-prob in [0, 1)")
         if self.batch < 2:
             raise UserError("--batch must be at least 2 (BatchNorm)")
+        if self.seg_weight < 0 or self.attr_weight < 0 or self.seg_batch < 1:
+            raise UserError("--seg-weight and --attr-weight must be >= 0 and --seg-batch positive")
         if not 0 < self.val_fraction < 0.5:
             raise UserError("--val-fraction must lie in (0, 0.5)")
 
@@ -102,30 +108,36 @@ class MappingTrainer:
         if opts.batch % self.env.world_size:
             raise UserError(f"--batch {opts.batch} must be divisible by the {self.env.world_size} processes")
         torch.manual_seed(opts.seed)
-        names = ("w", "mask") + tuple(EMB_KEYS[m] for m in opts.modalities)
+        names = ("w", "mask") + (("attributes",) if opts.attr_weight > 0 else ()) + tuple(EMB_KEYS[m] for m in opts.modalities)
         d = data if data is not None else load_mapping_data(opts.data, names)
         n = len(d["w"])
         n_val = max(1, int(round(n * opts.val_fraction)))
         if n - n_val < opts.batch:
             raise UserError(f"{n} samples are too few for batch {opts.batch}")
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise UserError(f"MappingNet data lacks {', '.join(missing)}")
         self.t = {k: torch.from_numpy(np.asarray(d[k], dtype=np.uint8 if k == "mask" else np.float32))
-                  for k in names if k in d}
+                  for k in names}
         self.n_train = n - n_val
         w = self.t["w"]
         num_ws = 1
-        self.G = self.parser = None
-        if opts.seg_weight > 0 or opts.wplus:
+        self.G = self.parser = self.analyzer = None
+        if opts.seg_weight > 0 or opts.attr_weight > 0 or opts.wplus:
             from ..pipeline import load_components
 
             comp = load_components(opts.weights, need=("generator",))
             self.G = comp["generator"].requires_grad_(False)
             num_ws = self.G.num_ws if opts.wplus else 1
-        if opts.seg_weight > 0:
+        if opts.seg_weight > 0 or opts.attr_weight > 0:
             from ..perception import load_module_file
             from ..pipeline.core import _file, default_weights_dir
 
             wd = Path(opts.weights) if opts.weights else default_weights_dir()
-            self.parser = load_module_file(_file(wd, "parser"), "parser").requires_grad_(False)
+            if opts.seg_weight > 0:
+                self.parser = load_module_file(_file(wd, "parser"), "parser").requires_grad_(False)
+            if opts.attr_weight > 0:
+                self.analyzer = load_module_file(_file(wd, "analyzer"), "analyzer").requires_grad_(False)
         dims = {m: self.t[EMB_KEYS[m]].shape[1] for m in opts.modalities}
         self.net = MappingNet(MappingNetConfig(dims=dims, w_dim=w.shape[1], num_ws=num_ws, hidden=opts.hidden,
                                                layers=opts.layers, dropout=opts.dropout))
@@ -167,13 +179,8 @@ class MappingTrainer:
         emb, present = self.inputs(idx, train=True)
         pred = self.net(emb, present)
         loss, stats = w_loss(pred, self.t["w"][idx], center=self.net.w_mean, cos_weight=o.cos_weight)
-        if self.parser is not None and o.seg_weight > 0:
-            k = min(o.seg_batch, len(idx))
-            ws = self.G.broadcast(pred[:k])
-            x = self.G.synthesis(ws, noise_mode="const")
-            seg = F.cross_entropy(self.parser(x), self.t["mask"][idx[:k]].long())
-            loss = loss + o.seg_weight * seg
-            stats["seg"] = seg.item()
+        if self.parser is not None or self.analyzer is not None:
+            loss = loss + self.image_space_loss(pred, idx, stats)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.env.world_size > 1:
@@ -192,6 +199,25 @@ class MappingTrainer:
         stats["loss"] = loss.item()
         self.stats = stats
         return stats
+
+    def image_space_loss(self, pred: torch.Tensor, idx: torch.Tensor, stats: dict) -> torch.Tensor:
+        """The judges' losses on G(w_pred) for the first ``seg_batch`` samples (one generator pass)."""
+        from ..pipeline.controls import resize_images
+
+        o = self.opts
+        k = min(o.seg_batch, len(idx))
+        x = self.G.synthesis(self.G.broadcast(pred[:k]), noise_mode="const")
+        total = x.new_zeros(())
+        if self.parser is not None:
+            seg = F.cross_entropy(self.parser(resize_images(x, self.parser.config.size)), self.t["mask"][idx[:k]].long())
+            total = total + o.seg_weight * seg
+            stats["seg"] = seg.item()
+        if self.analyzer is not None:
+            logits, _ = self.analyzer(resize_images(x, self.analyzer.config.size))
+            attr = F.binary_cross_entropy_with_logits(logits, self.t["attributes"][idx[:k]])
+            total = total + o.attr_weight * attr
+            stats["attr"] = attr.item()
+        return total
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

@@ -203,6 +203,23 @@ def test_mapping_image_space_terms(weights, mdata):
         MappingTrainer(MappingTrainOptions(**o, attr_weight=-1.0), data)
 
 
+def test_mapping_init_fine_tunes_an_exported_net(weights, mdata):
+    """--init: the run starts from the exported MappingNet's weights and w statistics
+    (same predictions before any step); a net of another shape is refused in one line."""
+    from mm2latent.perception import load_module_file
+    from mm2latent.train.mapping import MappingTrainer
+
+    data = load_mapping_data(mdata)
+    src = weights / "mapping_net.safetensors"
+    tr = MappingTrainer(MappingTrainOptions(data=str(mdata), out="unused", batch=16, steps=5, init=str(src)), data)
+    ref = load_module_file(src, "mapping_net")
+    for (k, a), b in zip(ref.state_dict().items(), tr.net.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(UserError, match="another shape"):
+        MappingTrainer(MappingTrainOptions(data=str(mdata), out="unused", batch=16, steps=5, hidden=64,
+                                           init=str(src)), data)
+
+
 # --------------------------------------------------------------------------- pipeline
 
 

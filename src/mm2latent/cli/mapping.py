@@ -65,6 +65,8 @@ def add_train_subcommands(models) -> None:
     m.add_argument("--seg-weight", type=float, default=0.0, help="parser cross-entropy of G(w) vs the mask")
     m.add_argument("--attr-weight", type=float, default=0.0,
                    help="attribute classifier's BCE of G(w) vs the sample's attributes")
+    m.add_argument("--init", default=None, metavar="MAPPING_NET",
+                   help="fine-tune this exported MappingNet (same shape) instead of starting fresh")
     m.add_argument("--seg-batch", type=positive_int, default=8, help="samples per step through the generator")
     m.add_argument("--weights", default=None, help="weights directory for --seg/--attr-weight and --wplus (default shipped)")
     m.add_argument("--export", default=None, help="where to write mapping_net.safetensors")
@@ -132,6 +134,6 @@ def _train_mapping(a) -> int:
     opts = MappingTrainOptions(data=a.data, out=a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, lr=a.lr,
                                text_noise_std=a.text_noise, drop_prob=a.drop_prob, modalities=mods, wplus=a.wplus,
                                layers=a.layers, hidden=a.hidden, seg_weight=a.seg_weight, weights=a.weights,
-                               attr_weight=a.attr_weight, seg_batch=a.seg_batch, seed=a.seed, threads=a.threads, resume=a.resume)
+                               attr_weight=a.attr_weight, seg_batch=a.seg_batch, init=a.init, seed=a.seed, threads=a.threads, resume=a.resume)
     train_mapping(opts, export_to=a.export)
     return 0

@@ -61,6 +61,7 @@ class MappingTrainOptions(ckpt.OptionsDict):
     attr_weight: float = 0.0
     seg_batch: int = 8  # samples per step that go through the generator for the image-space terms
     weights: str | None = None  # generator + parser/analyzer for the image-space terms (default: shipped)
+    init: str | None = None  # start from this exported MappingNet (fine-tuning, e.g. with the image-space terms)
     val_fraction: float = 0.05
     seed: int = 0
     ckpt_minutes: float = 2.0
@@ -144,11 +145,23 @@ class MappingTrainer:
         train_w = w[:self.n_train]
         self.net.w_mean.copy_(train_w.mean(0))
         self.net.w_std.copy_(train_w.std(0).clamp_min(1e-3))
+        if opts.init:
+            self._load_init(opts.init)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=opts.lr, betas=(0.9, 0.99))
         self.order = DataOrder(self.n_train, opts.seed)
         self.step = 0
         self.elapsed = 0.0
         self.stats: dict[str, float] = {}
+
+    def _load_init(self, path: str) -> None:
+        """Weights (and w statistics) of an exported MappingNet of the same shape."""
+        from ..perception import load_module_file
+
+        src = load_module_file(path, "mapping_net")
+        if src.config.to_dict() != self.net.config.to_dict():
+            raise UserError(f"--init {path} is a MappingNet of another shape ({src.config.to_dict()}); "
+                            f"this run builds {self.net.config.to_dict()}")
+        self.net.load_state_dict(src.state_dict())
 
     def lr_at(self, step: int) -> float:
         total = self.opts.steps or 10**9

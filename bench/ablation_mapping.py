@@ -99,6 +99,8 @@ def main() -> None:
             variants.append((f"{start}{a.seg_steps} steps, {label or 'w loss only'}",
                              {**seg_kw, "seg_weight": seg_w, "attr_weight": attr_w, "init": a.from_shipped}))
     table = {"sigma": sigma, "steps": a.steps, "num": a.num, "data": a.data, "rows": {}}
+    if "seg" in wanted:
+        table.update(seg_steps=a.seg_steps, seg_lr=a.seg_lr, from_shipped=a.from_shipped, command=" ".join(sys.argv))
     for name, kw in variants:
         kw = dict(kw)
         init = kw.pop("init", False)

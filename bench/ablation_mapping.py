@@ -59,6 +59,25 @@ def evaluate(pipe, data, batch: int = 50) -> dict:
     return res
 
 
+@torch.no_grad()
+def with_render_masks(mdata: dict, cache: str, pipe, batch: int = 256) -> dict:
+    """``mdata`` with ``mask`` / ``mask_emb`` taken from the renders of a world cache."""
+    import numpy as np
+
+    from mm2latent.pipeline.controls import resize_labels
+    from mm2latent.world.cache import CachedWorldDataset
+
+    renders = CachedWorldDataset(cache)
+    n = len(mdata["w"])
+    masks, embs = [], []
+    for a in range(0, n, batch):
+        idx = np.arange(a, min(n, a + batch)) % len(renders)
+        m = resize_labels(renders.batch(idx)["mask"], pipe.controls.mask_size)
+        masks.append(m.numpy().astype(np.uint8))
+        embs.append(pipe.controls.embed_mask(m).numpy().astype(np.float16))
+    return {**mdata, "mask": np.concatenate(masks), "mask_emb": np.concatenate(embs)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
@@ -74,6 +93,10 @@ def main() -> None:
     ap.add_argument("--seg-lr", type=float, default=None, help="learning rate of the parser-loss arms")
     ap.add_argument("--from-shipped", action="store_true",
                     help="parser-loss arms fine-tune the shipped MappingNet instead of starting fresh")
+    ap.add_argument("--true-masks", default=None, metavar="CACHE",
+                    help="replace each sample's mask (and its embedding) by the true mask of the render its z came "
+                    "from (posterior data: sample i <- render i mod N): the parser loss then pulls G(w_pred) towards "
+                    "world masks, as at test time, instead of towards masks the generator already draws")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-dir", default=None, help="also keep each variant's mapping_net here")
@@ -84,6 +107,8 @@ def main() -> None:
     sigma = a.sigma if a.sigma is not None else base_pipe.text_noise_std
     data = render_test(a.num, base_pipe.resolution)
     mdata = load_mapping_data(a.data)
+    if a.true_masks:
+        mdata = with_render_masks(mdata, a.true_masks, base_pipe)
     variants: list[tuple[str, dict]] = []
     wanted = {v.strip() for v in a.variants.split(",")}
     if "noise" in wanted:
@@ -100,7 +125,8 @@ def main() -> None:
                              {**seg_kw, "seg_weight": seg_w, "attr_weight": attr_w, "init": a.from_shipped}))
     table = {"sigma": sigma, "steps": a.steps, "num": a.num, "data": a.data, "rows": {}}
     if "seg" in wanted:
-        table.update(seg_steps=a.seg_steps, seg_lr=a.seg_lr, from_shipped=a.from_shipped, command=" ".join(sys.argv))
+        table.update(seg_steps=a.seg_steps, seg_lr=a.seg_lr, from_shipped=a.from_shipped, true_masks=a.true_masks,
+                     command=" ".join(sys.argv))
     for name, kw in variants:
         kw = dict(kw)
         init = kw.pop("init", False)

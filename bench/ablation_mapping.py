@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
@@ -62,8 +63,6 @@ def evaluate(pipe, data, batch: int = 50) -> dict:
 @torch.no_grad()
 def with_render_masks(mdata: dict, cache: str, pipe, batch: int = 256) -> dict:
     """``mdata`` with ``mask`` / ``mask_emb`` taken from the renders of a world cache."""
-    import numpy as np
-
     from mm2latent.pipeline.controls import resize_labels
     from mm2latent.world.cache import CachedWorldDataset
 

@@ -111,13 +111,13 @@ class MappingTrainer:
         torch.manual_seed(opts.seed)
         names = ("w", "mask") + (("attributes",) if opts.attr_weight > 0 else ()) + tuple(EMB_KEYS[m] for m in opts.modalities)
         d = data if data is not None else load_mapping_data(opts.data, names)
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise UserError(f"MappingNet data lacks {', '.join(missing)}")
         n = len(d["w"])
         n_val = max(1, int(round(n * opts.val_fraction)))
         if n - n_val < opts.batch:
             raise UserError(f"{n} samples are too few for batch {opts.batch}")
-        missing = [k for k in names if k not in d]
-        if missing:
-            raise UserError(f"MappingNet data lacks {', '.join(missing)}")
         self.t = {k: torch.from_numpy(np.asarray(d[k], dtype=np.uint8 if k == "mask" else np.float32))
                   for k in names}
         self.n_train = n - n_val

@@ -36,6 +36,7 @@ from mm2latent.common.progress import progress  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import _batched_embeddings, fact_accuracy, render_test  # noqa: E402
 from mm2latent.pipeline import Pipeline  # noqa: E402
+from mm2latent.pipeline.core import _file, default_weights_dir  # noqa: E402
 from mm2latent.train.mapping import MappingTrainer, MappingTrainOptions  # noqa: E402
 from mm2latent.train.mapping_data import load_mapping_data  # noqa: E402
 
@@ -126,16 +127,16 @@ def main() -> None:
     if "seg" in wanted:
         table.update(seg_steps=a.seg_steps, seg_lr=a.seg_lr, from_shipped=a.from_shipped, true_masks=a.true_masks,
                      command=" ".join(sys.argv))
+    shipped_net = str(_file(Path(a.weights) if a.weights else default_weights_dir(), "mapping_net"))
     for name, kw in variants:
         kw = dict(kw)
-        init = kw.pop("init", False)
+        if kw.pop("init", False):
+            kw["init"] = shipped_net  # MappingTrainOptions.init: the trainer loads it (same-shape check included)
         with tempfile.TemporaryDirectory() as tmp:
             opts = MappingTrainOptions(data=a.data, out=tmp, **{"steps": a.steps, **kw}, weights=a.weights,
                                        batch=a.batch)
             torch.manual_seed(0)
             tr = MappingTrainer(opts, mdata)
-            if init:
-                tr.net.load_state_dict(base_pipe.mapping.state_dict())
             for _ in progress(range(opts.steps), desc=name, unit="step"):
                 tr.train_step()
             val = tr.validate()

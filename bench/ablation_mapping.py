@@ -93,6 +93,9 @@ def main() -> None:
     ap.add_argument("--seg-lr", type=float, default=None, help="learning rate of the parser-loss arms")
     ap.add_argument("--from-shipped", action="store_true",
                     help="parser-loss arms fine-tune the shipped MappingNet instead of starting fresh")
+    ap.add_argument("--wplus-arms", action="store_true",
+                    help="the image-space arms output W+ (with --from-shipped: the shipped W net's output layer "
+                    "repeated per generator layer, so each arm starts from the shipped predictions)")
     ap.add_argument("--true-masks", default=None, metavar="CACHE",
                     help="replace each sample's mask (and its embedding) by the true mask of the render its z came "
                     "from (posterior data: sample i <- render i mod N): the parser loss then pulls G(w_pred) towards "
@@ -116,8 +119,9 @@ def main() -> None:
     if "wplus" in wanted:
         variants.append((f"W+ (noise={sigma:.4f})", {"text_noise_std": sigma, "wplus": True}))
     if "seg" in wanted:
-        start = "shipped + " if a.from_shipped else ""
-        seg_kw = {"text_noise_std": sigma, "steps": a.seg_steps, **({"lr": a.seg_lr} if a.seg_lr else {})}
+        start = ("shipped + " if a.from_shipped else "") + ("W+, " if a.wplus_arms else "")
+        seg_kw = {"text_noise_std": sigma, "steps": a.seg_steps, "wplus": a.wplus_arms,
+                  **({"lr": a.seg_lr} if a.seg_lr else {})}
         for arm in ["0:0"] + [v for v in a.image_arms.split(",") if v.strip()]:
             seg_w, attr_w = (float(v) for v in arm.split(":"))
             label = " + ".join([f"parser loss {seg_w:g}"] * (seg_w > 0) + [f"attribute loss {attr_w:g}"] * (attr_w > 0))
@@ -126,6 +130,7 @@ def main() -> None:
     table = {"sigma": sigma, "steps": a.steps, "num": a.num, "data": a.data, "rows": {}}
     if "seg" in wanted:
         table.update(seg_steps=a.seg_steps, seg_lr=a.seg_lr, from_shipped=a.from_shipped, true_masks=a.true_masks,
+                     wplus_arms=a.wplus_arms,
                      command=" ".join(sys.argv))
     shipped_net = str(_file(Path(a.weights) if a.weights else default_weights_dir(), "mapping_net"))
     for name, kw in variants:

@@ -218,6 +218,17 @@ def test_mapping_init_fine_tunes_an_exported_net(weights, mdata):
     with pytest.raises(UserError, match="another shape"):
         MappingTrainer(MappingTrainOptions(data=str(mdata), out="unused", batch=16, steps=5, hidden=64,
                                            init=str(src)), data)
+    # a W net starts a W+ run: the same w at every generator layer before any step
+    wide = MappingTrainer(MappingTrainOptions(data=str(mdata), out="unused", batch=16, steps=5, wplus=True,
+                                              weights=str(weights), init=str(src)), data)
+    assert wide.net.config.num_ws == wide.G.num_ws > 1
+    emb, _ = tr.inputs(torch.arange(6), train=False)
+    tr.net.eval(), wide.net.eval()
+    with torch.no_grad():
+        w, wp = ref.eval()(emb), wide.net(emb)
+    assert wp.shape == (6, wide.G.num_ws, w.shape[1])
+    assert torch.allclose(wp, w.unsqueeze(1).expand_as(wp), atol=1e-5)
+    wide.train_step()  # and it trains
 
 
 # --------------------------------------------------------------------------- pipeline

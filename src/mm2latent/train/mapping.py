@@ -154,14 +154,22 @@ class MappingTrainer:
         self.stats: dict[str, float] = {}
 
     def _load_init(self, path: str) -> None:
-        """Weights (and w statistics) of an exported MappingNet of the same shape."""
+        """Weights (and w statistics) of an exported MappingNet of the same shape; a W net
+        also starts a W+ run (``--wplus``): its output layer is repeated once per generator
+        layer, so the W+ net begins by predicting the W net's w at every layer and the
+        image-space terms can then move layers apart."""
         from ..perception import load_module_file
 
         src = load_module_file(path, "mapping_net")
-        if src.config.to_dict() != self.net.config.to_dict():
-            raise UserError(f"--init {path} is a MappingNet of another shape ({src.config.to_dict()}); "
-                            f"this run builds {self.net.config.to_dict()}")
-        self.net.load_state_dict(src.state_dict())
+        mine, theirs = self.net.config.to_dict(), src.config.to_dict()
+        widen = theirs["num_ws"] == 1 and mine["num_ws"] > 1 and {**theirs, "num_ws": mine["num_ws"]} == mine
+        if theirs != mine and not widen:
+            raise UserError(f"--init {path} is a MappingNet of another shape ({theirs}); this run builds {mine}")
+        state = src.state_dict()
+        if widen:
+            state["head.weight"] = state["head.weight"].repeat(mine["num_ws"], 1)
+            state["head.bias"] = state["head.bias"].repeat(mine["num_ws"])
+        self.net.load_state_dict(state)
 
     def lr_at(self, step: int) -> float:
         total = self.opts.steps or 10**9

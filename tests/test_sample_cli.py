@@ -3,6 +3,7 @@
 import hashlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +80,40 @@ def test_gaussian_prior_fit_recovers_mean_and_covariance():
         GaussianLatentPrior.fit(torch.randn(4, 6))
 
 
+def test_mixture_prior_keeps_modes_and_truncates_towards_its_components():
+    """Two well-separated clusters: the mixture finds both (weights, means), fits them better
+    than one Gaussian, samples from both in the right shares, and psi = 0 gives the component
+    means, not the overall mean between them; it survives a save/load round trip."""
+    import tempfile
+
+    from mm2latent.models.latent_prior import GaussianLatentPrior
+    from mm2latent.perception import load_module_file, save_module
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.stack([torch.full((5,), 4.0), torch.full((5,), -4.0)])
+    x = torch.cat([centres[0] + torch.randn(3000, 5, generator=g), centres[1] + 0.5 * torch.randn(1000, 5, generator=g)])
+    one, mix = GaussianLatentPrior.fit(x), GaussianLatentPrior.fit(x, components=2)
+    assert mix.log_prob(x).mean() > one.log_prob(x).mean() + 1.0
+    order = mix.means[:, 0].argsort(descending=True)
+    assert torch.allclose(mix.means[order], centres, atol=0.1)
+    assert torch.allclose(mix.log_weights[order].exp(), torch.tensor([0.75, 0.25]), atol=0.01)
+    assert torch.allclose(mix.mean, x.mean(0), atol=1e-3)  # overall mean: where the pipeline truncates
+    s = mix.sample(4000, torch.Generator().manual_seed(1))
+    assert abs((s[:, 0] > 0).float().mean().item() - 0.75) < 0.03
+    assert torch.equal(s, mix.sample(4000, torch.Generator().manual_seed(1)))
+    t0 = mix.sample(50, torch.Generator().manual_seed(2), truncation=0.0)
+    near = torch.cdist(t0, centres).min(1).values
+    assert near.max() < 0.1  # every psi=0 sample sits on a component's mean; one Gaussian's sits between
+    assert torch.cdist(one.sample(5, None, truncation=0.0), centres).min() > 3
+    with tempfile.TemporaryDirectory() as d:
+        save_module(mix, Path(d) / "p.safetensors", half=False)
+        back = load_module_file(Path(d) / "p.safetensors", "latent_prior")
+    assert back.config.components == 2 and torch.equal(back.sample(7, torch.Generator().manual_seed(3)),
+                                                        mix.sample(7, torch.Generator().manual_seed(3)))
+    with pytest.raises(UserError, match="components"):
+        GaussianLatentPrior.fit(x[:20], components=15)
+
+
 def test_sample_uses_the_fitted_prior_beside_the_generator(tmp_path):
     from mm2latent.cli.sample import load_prior, sample_generator
     from mm2latent.models.latent_prior import GaussianLatentPrior
@@ -122,3 +157,8 @@ def test_fit_latent_prior_command(tmp_path):
     r = subprocess.run(CLI + ["train", "latent-prior", "--data", str(cache), "--weights", str(weights), "--num", "10",
                               "--out", str(tmp_path / "p.safetensors")], capture_output=True, text=True)
     assert r.returncode == 2 and "more than 16" in r.stderr
+    r = subprocess.run(CLI + ["train", "latent-prior", "--data", str(cache), "--weights", str(weights),
+                              "--components", "2", "--out", str(tmp_path / "m.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 0 and "mixture of 2" in r.stdout, r.stderr
+    mix = load_module_file(tmp_path / "m.safetensors", "latent_prior")
+    assert mix.config.components == 2 and mix.means.shape == (2, 16) and torch.isfinite(mix.chols).all()

@@ -106,7 +106,7 @@ def _sample(a) -> int:
 
 def add_train_latent_prior(models) -> None:
     p = models.add_parser(
-        "latent-prior", help="fit the generator's sampling prior: a Gaussian over w of encoded training renders",
+        "latent-prior", help="fit the generator's sampling prior: a Gaussian (or mixture) over w of encoded training renders",
         description="Encode world renders with the image encoder, map them to w, and fit a full-covariance "
         "Gaussian (see mm2latent.models.latent_prior). 'mm2latent sample' draws from it when it lies beside "
         "the generator as latent_prior.safetensors.")
@@ -114,6 +114,10 @@ def add_train_latent_prior(models) -> None:
     p.add_argument("--out", required=True, metavar="PATH", help="output .safetensors (e.g. WEIGHTS/latent_prior.safetensors)")
     p.add_argument("--weights", default=None, help="weights directory with generator + image_encoder (default shipped)")
     p.add_argument("--num", type=int, default=20000, help="renders to encode (default 20000, at most the cache)")
+    p.add_argument("--components", type=int, default=1,
+                   help="1: one Gaussian; K > 1: a mixture of K full-covariance Gaussians (EM), which keeps rare "
+                   "modes such as hats and truncates each sample towards its own component's mean")
+    p.add_argument("--seed", type=int, default=0, help="seed of the mixture's k-means++ start")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_fit_prior)
 
@@ -127,8 +131,8 @@ def _fit_prior(a) -> int:
     from ..pipeline import load_components
     from ..world.cache import CachedWorldDataset
 
-    if a.num <= 0:
-        raise UserError("--num must be positive")
+    if a.num <= 0 or a.components < 1:
+        raise UserError("--num and --components must be positive")
     out = check_output_file(a.out)
     if Path(out).suffix != ".safetensors":
         raise UserError(f"--out must be a .safetensors path, got {a.out}")
@@ -140,10 +144,14 @@ def _fit_prior(a) -> int:
     n = len(data)
     if n <= G.w_dim:
         raise UserError(f"need more than {G.w_dim} renders to fit the prior, got {n}")
+    if n < 2 * a.components:
+        raise UserError(f"--components {a.components} needs at least {2 * a.components} renders, got {n}")
     ws = encode_latents(G, E, data)
-    prior = GaussianLatentPrior.fit(ws)
-    info = {"fitted": {"data": str(a.data), "num": n, "generator": comp["generator_info"],
-                       "mean_norm": float(prior.mean.norm()), "total_std": float(prior.chol.norm())}}
+    prior = GaussianLatentPrior.fit(ws, components=a.components, seed=a.seed)
+    info = {"fitted": {"data": str(a.data), "num": n, "generator": comp["generator_info"], "components": a.components,
+                       "seed": a.seed, "mean_norm": float(prior.mean.norm()),
+                       "mean_log_likelihood": float(prior.log_prob(ws).mean())}}
     save_module(prior, out, half=False, extra=info)
-    print(f"fitted a Gaussian over w to {n} encoded renders -> {out}")
+    what = "a Gaussian" if a.components == 1 else f"a mixture of {a.components} Gaussians"
+    print(f"fitted {what} over w to {n} encoded renders -> {out}")
     return 0

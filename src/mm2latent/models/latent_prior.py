@@ -18,6 +18,7 @@ covariance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,26 +33,31 @@ KIND = "latent_prior"
 class LatentPriorConfig:
     dim: int = 256
     space: str = "w"  # the latent space it was fitted in
+    components: int = 1  # 1: one Gaussian; K > 1: a mixture of K full-covariance Gaussians
 
     def __post_init__(self):
         if self.dim < 1:
             raise UserError("latent prior: dim must be >= 1")
         if self.space != "w":
             raise UserError(f"latent prior: unknown space {self.space!r} (only 'w')")
+        if self.components < 1:
+            raise UserError("latent prior: components must be >= 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict, legacy: bool = False) -> "LatentPriorConfig":
-        unknown = set(d) - {"dim", "space"}
+        unknown = set(d) - {"dim", "space", "components"}
         if unknown:
             raise UserError(f"latent prior config: unknown keys {sorted(unknown)}")
         return cls(**d)
 
 
 class GaussianLatentPrior(nn.Module):
-    """N(mean, L L^T) over w; see the module docstring."""
+    """N(mean, L L^T) over w, or a mixture of K such Gaussians (``config.components``);
+    see the module docstring. ``mean`` is always the overall mean (where the pipeline's
+    truncation pulls)."""
 
     kind = KIND
 
@@ -59,36 +65,74 @@ class GaussianLatentPrior(nn.Module):
         super().__init__()
         self.config = cfg = config or LatentPriorConfig()
         self.register_buffer("mean", torch.zeros(cfg.dim))
-        self.register_buffer("chol", torch.eye(cfg.dim))
+        if cfg.components == 1:
+            self.register_buffer("chol", torch.eye(cfg.dim))
+        else:
+            k = cfg.components
+            self.register_buffer("means", torch.zeros(k, cfg.dim))
+            self.register_buffer("chols", torch.eye(cfg.dim).repeat(k, 1, 1))
+            self.register_buffer("log_weights", torch.full((k,), -math.log(k)))
 
     @classmethod
-    def fit(cls, latents: torch.Tensor, jitter: float = 1e-5) -> "GaussianLatentPrior":
+    def fit(cls, latents: torch.Tensor, jitter: float = 1e-5, components: int = 1, seed: int = 0,
+            max_iter: int = 200) -> "GaussianLatentPrior":
         """Maximum-likelihood fit to ``latents`` (N, D), N > D; ``jitter`` (relative to
-        the mean variance) keeps the covariance positive definite."""
+        the mean variance) keeps the covariances positive definite. ``components`` > 1
+        fits a mixture by EM (scikit-learn's GaussianMixture, k-means++ start, ``seed``)."""
         if latents.dim() != 2 or latents.shape[0] <= latents.shape[1]:
             raise UserError(f"need more latents than dimensions to fit a covariance, got {tuple(latents.shape)}")
+        if components < 1 or latents.shape[0] < components * 2:
+            raise UserError(f"cannot fit {components} components to {latents.shape[0]} latents")
         x = latents.double()
-        mean = x.mean(0)
-        cov = torch.cov(x.T)
-        cov = cov + jitter * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype)
-        prior = cls(LatentPriorConfig(dim=x.shape[1]))
-        prior.mean.copy_(mean.float())
-        prior.chol.copy_(torch.linalg.cholesky(cov).float())
+        reg = jitter * float(x.var(0).mean())
+        prior = cls(LatentPriorConfig(dim=x.shape[1], components=components))
+        if components == 1:
+            cov = torch.cov(x.T) + reg * torch.eye(x.shape[1], dtype=x.dtype)
+            prior.mean.copy_(x.mean(0).float())
+            prior.chol.copy_(torch.linalg.cholesky(cov).float())
+            return prior
+        from sklearn.mixture import GaussianMixture
+
+        gm = GaussianMixture(components, covariance_type="full", reg_covar=reg, max_iter=max_iter,
+                             init_params="k-means++", random_state=seed).fit(x.numpy())
+        weights = torch.from_numpy(gm.weights_)
+        means = torch.from_numpy(gm.means_)
+        prior.mean.copy_((weights[:, None] * means).sum(0).float())
+        prior.means.copy_(means.float())
+        prior.chols.copy_(torch.linalg.cholesky(torch.from_numpy(gm.covariances_)).float())
+        prior.log_weights.copy_(weights.log().float())
         return prior
 
     def sample(self, num: int, generator: torch.Generator | None = None, truncation: float = 1.0) -> torch.Tensor:
-        """(num, D) latents; ``truncation`` psi scales the deviation from the mean."""
-        return self(truncation * torch.randn(num, self.config.dim, generator=generator))
+        """(num, D) latents; ``truncation`` psi scales the deviation from the mean -- for a
+        mixture, from the drawn component's mean, so that truncation sharpens samples
+        without pulling every one towards the average face (rare modes such as hats stay)."""
+        if self.config.components == 1:
+            return self(truncation * torch.randn(num, self.config.dim, generator=generator))
+        comp = torch.multinomial(self.log_weights.exp(), num, replacement=True, generator=generator)
+        eps = truncation * torch.randn(num, self.config.dim, generator=generator)
+        return self(eps, comp)
 
     def log_prob(self, w: torch.Tensor) -> torch.Tensor:
-        """Gaussian log density of (N, D) latents (how typical a latent is)."""
-        d = torch.linalg.solve_triangular(self.chol, (w - self.mean).T, upper=False).T
-        logdet = self.chol.diagonal().log().sum()
-        return -0.5 * d.square().sum(1) - logdet - 0.5 * self.config.dim * torch.log(torch.tensor(2 * torch.pi))
+        """Log density of (N, D) latents (how typical a latent is)."""
+        if self.config.components == 1:
+            return _gauss_log_prob(w, self.mean, self.chol)
+        per = torch.stack([_gauss_log_prob(w, m, c) for m, c in zip(self.means, self.chols)], 1)
+        return torch.logsumexp(per + self.log_weights, 1)
 
-    def forward(self, eps: torch.Tensor) -> torch.Tensor:
-        """Maps standard-normal noise (N, D) to latents."""
-        return self.mean + eps @ self.chol.T
+    def forward(self, eps: torch.Tensor, component: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps standard-normal noise (N, D) to latents (through mixture ``component`` (N,) if a mixture)."""
+        if self.config.components == 1:
+            return self.mean + eps @ self.chol.T
+        if component is None:
+            raise ValueError("a mixture prior needs the component of each sample")
+        return self.means[component] + torch.einsum("nij,nj->ni", self.chols[component], eps)
+
+
+def _gauss_log_prob(w: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    d = torch.linalg.solve_triangular(chol, (w - mean).T, upper=False).T
+    logdet = chol.diagonal().log().sum()
+    return -0.5 * d.square().sum(1) - logdet - 0.5 * mean.shape[0] * math.log(2 * math.pi)
 
 
 @torch.no_grad()

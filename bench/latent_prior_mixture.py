@@ -14,8 +14,11 @@ renders, and how often the accessories appear (the analyzer's rate of
 Wearing_Hat / Eyeglasses / Wearing_Earrings / Wearing_Necklace, and the parser's
 hat pixel share) next to the renders' true rates.
 
-    .venv/bin/python bench/latent_prior_mixture.py --data runs/cache_train128 --components 1,8,32 \
-        --truncation 0.7,1.0 --num 1000 --out docs/reports/latent_prior_mixture.json
+With ``--val``, each prior's mean log-likelihood of encoded val-split renders: the
+criterion K is chosen by (the test renders only measure).
+
+    .venv/bin/python bench/latent_prior_mixture.py --data runs/cache_train128 --val runs/cache_val500 \
+        --components 1,8,16,32 --truncation 0.7,1.0 --num 1000 --out docs/reports/latent_prior_mixture.json
 """
 
 from __future__ import annotations
@@ -69,6 +72,9 @@ def main() -> None:
     ap.add_argument("--truncation", default="0.7,1.0")
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val", default=None, metavar="CACHE",
+                    help="world cache of val-split renders: each prior's mean log-likelihood of their encoded w "
+                    "(how K is chosen, without looking at the test renders)")
     ap.add_argument("--latents", default=None, help="cache the encoded training w here (.npy)")
     ap.add_argument("--save-dir", default=None, help="write each fitted prior here")
     ap.add_argument("--threads", type=int, default=None)
@@ -86,6 +92,9 @@ def main() -> None:
         ws = encode_latents(G, enc.eval(), CachedWorldDataset(a.data, length=a.fit_num))
         if a.latents:
             np.save(a.latents, ws.numpy())
+    val_ws = None
+    if a.val:
+        val_ws = encode_latents(G, load_optional(wd, "image_encoder").eval(), CachedWorldDataset(a.val))
     size = G.cfg.resolution
     test, test_masks = render_split("test", a.num, size)
     ref = encoder_features(controls.encoder, test)
@@ -108,6 +117,7 @@ def main() -> None:
             save_module(prior, Path(a.save_dir) / f"prior_k{k}.safetensors", half=False,
                         extra={"fitted": {"data": a.data, "num": len(ws), "components": k}})
         fit_ll = float(prior.log_prob(ws).mean())
+        val_ll = None if val_ws is None else round(float(prior.log_prob(val_ws).mean()), 1)
         for psi in (float(v) for v in a.truncation.split(",")):
             x = to_float(sample_generator(G, a.num, a.seed, psi, prior=prior)[0])
             feats = encoder_features(controls.encoder, x)
@@ -116,7 +126,7 @@ def main() -> None:
             rate = (probs[:, col] > 0.5).mean(0)
             row = {"components": k, "truncation": psi, "frechet": round(frechet_distance(feats, ref), 2),
                    "kid": round(kid, 4), "kid_std": round(kid_std, 4), "fit_seconds": round(fit_s, 1),
-                   "train_log_likelihood": round(fit_ll, 1),
+                   "train_log_likelihood": round(fit_ll, 1), "val_log_likelihood": val_ll,
                    "accessory_rate": {n: round(float(r), 4) for n, r in zip(ACCESSORIES, rate)},
                    "hat_pixel_share": round(float(class_frequencies(masks)[hat]), 5)}
             name = f"K={k}, psi={psi:g}"

@@ -1,19 +1,20 @@
-"""A Gaussian fitted to the latents of real images: where to sample w from.
+"""A Gaussian, or a mixture of Gaussians, fitted to the latents of real images: where to sample w from.
 
 The world generator is the decoder of an autoencoder (see
 :mod:`mm2latent.train.generator_ae`). Its encoder's posterior means, pushed
 through the mapping network, cover only part of what ``mapping(z)``,
 z ~ N(0, I), reaches, and the decoder is only good where it was trained. So
-unconditional samples come from a full-covariance Gaussian fitted, after
-training, to ``w = mapping(mu(x))`` over the training renders ("ex-post density
-estimation", as for regularised autoencoders): on the shipped generator the
-Frechet distance of truncation-0.7 samples to held-out renders is 152 from this
-prior against 386 from mapping(z), and 76 for reconstructions of real renders
-(``mm2latent eval generator --num 2000 --truncation 0.7``).
+unconditional samples come from a density fitted, after training, to
+``w = mapping(mu(x))`` over the training renders ("ex-post density
+estimation", as for regularised autoencoders).
 
-The truncation trick applies around the fitted mean:
-``w = mean + psi * L @ eps``, eps ~ N(0, I), L the Cholesky factor of the
-covariance.
+One full-covariance Gaussian spans the modes of that aggregate posterior (hats,
+glasses, bald heads ...) with one ellipsoid: samples fall between modes, and
+truncation towards its single mean erases the rare ones. A mixture of K
+full-covariance Gaussians (fitted by EM) keeps them, and truncates each sample
+towards its own component's mean: ``w = mu_k + psi * L_k @ eps``, k drawn with
+the mixture weights (cluster-wise truncation). ``bench/latent_prior_mixture.py``
+measures both against held-out renders.
 """
 
 from __future__ import annotations

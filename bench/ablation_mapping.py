@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.common.progress import progress  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import _batched_embeddings, fact_accuracy, render_test  # noqa: E402
@@ -155,11 +156,7 @@ def main() -> None:
         row = {**evaluate(pipe, data), "val_all_l1": val["val_all_l1"], "val_text_only_l1": val["val_text_only_l1"]}
         table["rows"][name] = row
         print(name, json.dumps(row), flush=True)
-    text = json.dumps(table, indent=1)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    emit_json_report(table, a.out)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.cli.sample import sample_generator  # noqa: E402
 from mm2latent.common.palette import CLASS_NAMES  # noqa: E402
 from mm2latent.eval.generator import class_frequencies, render_split, split_attributes  # noqa: E402
@@ -132,10 +133,7 @@ def main() -> None:
             name = f"K={k}, psi={psi:g}"
             table["rows"][name] = row
             print(name, json.dumps(row), flush=True)
-    text = json.dumps(table, indent=1)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
+    emit_json_report(table, a.out)
 
 
 if __name__ == "__main__":

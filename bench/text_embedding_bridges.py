@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from ablation_mapping import evaluate  # noqa: E402
+from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.eval.pipeline import render_test  # noqa: E402
 from mm2latent.pipeline import Pipeline  # noqa: E402
 from mm2latent.train.mapping_data import load_mapping_data  # noqa: E402
@@ -83,10 +84,7 @@ def main() -> None:
             print(name, json.dumps(table["rows"][name]), flush=True)
     finally:
         pipe.controls.embed_text = plain
-    text = json.dumps(table, indent=1)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
+    emit_json_report(table, a.out)
 
 
 if __name__ == "__main__":

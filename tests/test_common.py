@@ -138,3 +138,16 @@ def test_checkpoint_names_with_dots(tmp_path):
     assert st2.name == "model.v2.safetensors"
     assert load_checkpoint(tmp_path / "noise=0.0540")[0]["a"].sum() == 2
     assert load_checkpoint(tmp_path / "model.v2.safetensors")[0]["a"].sum() == 0
+
+
+def test_emit_json_report_prints_and_writes(tmp_path, capsys):
+    import json
+
+    from mm2latent.common.fileio import emit_json_report
+
+    table = {"rows": {"a": {"miou": 0.5}}, "num": 3}
+    emit_json_report(table, tmp_path / "r.json")
+    assert json.loads(capsys.readouterr().out) == table
+    assert json.loads((tmp_path / "r.json").read_text()) == table
+    emit_json_report(table)  # no path: print only
+    assert json.loads(capsys.readouterr().out) == table

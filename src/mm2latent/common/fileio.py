@@ -99,3 +99,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def emit_json_report(table: dict, path: str | os.PathLike | None = None) -> None:
+    """Print a benchmark's table as indented JSON and, given a path, write it there atomically."""
+    import json
+
+    text = json.dumps(table, indent=1)
+    print(text)
+    if path:
+        write_text_atomic(path, text + "\n")

@@ -108,8 +108,8 @@ def add_train_latent_prior(models) -> None:
     p = models.add_parser(
         "latent-prior", help="fit the generator's sampling prior: a Gaussian (or mixture) over w of encoded training renders",
         description="Encode world renders with the image encoder, map them to w, and fit a full-covariance "
-        "Gaussian (see mm2latent.models.latent_prior). 'mm2latent sample' draws from it when it lies beside "
-        "the generator as latent_prior.safetensors.")
+        "Gaussian, or with --components K a mixture of K of them (see mm2latent.models.latent_prior). "
+        "'mm2latent sample' draws from it when it lies beside the generator as latent_prior.safetensors.")
     p.add_argument("--data", required=True, metavar="CACHE_DIR", help="world cache of training renders")
     p.add_argument("--out", required=True, metavar="PATH", help="output .safetensors (e.g. WEIGHTS/latent_prior.safetensors)")
     p.add_argument("--weights", default=None, help="weights directory with generator + image_encoder (default shipped)")

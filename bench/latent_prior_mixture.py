@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.cli.sample import sample_generator  # noqa: E402
 from mm2latent.common.palette import CLASS_NAMES  # noqa: E402
-from mm2latent.eval.generator import class_frequencies, render_split, split_attributes  # noqa: E402
+from mm2latent.eval.generator import class_frequencies, render_split, split_attributes, to_float  # noqa: E402
 from mm2latent.eval.realism import encoder_features, frechet_distance, kernel_inception_distance  # noqa: E402
 from mm2latent.models.latent_prior import GaussianLatentPrior, encode_latents  # noqa: E402
 from mm2latent.pipeline import load_components  # noqa: E402
@@ -47,10 +47,6 @@ from mm2latent.world.attributes import ATTRIBUTES  # noqa: E402
 from mm2latent.world.cache import CachedWorldDataset  # noqa: E402
 
 ACCESSORIES = ("Wearing_Hat", "Eyeglasses", "Wearing_Earrings", "Wearing_Necklace")
-
-
-def to_float(u8: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 @torch.no_grad()
@@ -86,16 +82,15 @@ def main() -> None:
     wd = Path(a.weights) if a.weights else default_weights_dir()
     comp = load_components(wd, need=("generator", "controls"))
     G, controls = comp["generator"].eval(), comp["controls"]
-    if a.latents and Path(a.latents).exists():
+    cached = bool(a.latents) and Path(a.latents).exists()
+    enc = load_optional(wd, "image_encoder").eval() if a.val or not cached else None
+    if cached:
         ws = torch.from_numpy(np.load(a.latents))
     else:
-        enc = load_optional(wd, "image_encoder")
-        ws = encode_latents(G, enc.eval(), CachedWorldDataset(a.data, length=a.fit_num))
+        ws = encode_latents(G, enc, CachedWorldDataset(a.data, length=a.fit_num))
         if a.latents:
             np.save(a.latents, ws.numpy())
-    val_ws = None
-    if a.val:
-        val_ws = encode_latents(G, load_optional(wd, "image_encoder").eval(), CachedWorldDataset(a.val))
+    val_ws = encode_latents(G, enc, CachedWorldDataset(a.val)) if a.val else None
     size = G.cfg.resolution
     test, test_masks = render_split("test", a.num, size)
     ref = encoder_features(controls.encoder, test)

@@ -99,6 +99,11 @@ def blur(images: torch.Tensor, sigma: float = 3.0) -> torch.Tensor:
     return F.conv2d(y, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
+def to_float(u8: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC images (what ``sample_generator`` returns) -> (N, 3, H, W) floats in [-1, 1]."""
+    return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
 def class_frequencies(masks: np.ndarray) -> np.ndarray:
     return np.bincount(np.asarray(masks).ravel(), minlength=len(CLASS_NAMES)) / np.asarray(masks).size
 
@@ -112,9 +117,6 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
     reconstructions of other renders (what the decoder can do at best), and with
     ``parser`` and ``analyzer`` too, "reconstruction_judged" (:func:`judge_reconstructions`)."""
     from ..cli.sample import sample_generator
-
-    def to_float(u8):
-        return torch.from_numpy(u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
     size = G.cfg.resolution
     gen = to_float(sample_generator(G, num, seed, truncation, prior=prior)[0])

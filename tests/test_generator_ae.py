@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,3 +223,36 @@ def test_sigkill_then_resume_is_exact(cache, tmp_path):
         if k.startswith(("rng.numpy", "rng.python")):
             continue
         assert torch.equal(a[0][k], b[0][k]), k
+
+
+def test_init_from_exported_weights_with_fresh_discriminator(cache, parser_file, tmp_path):
+    """--init: a new run starts from an export (G and G_ema = the exported EMA
+    generator, E and E_ema = the exported encoder); with --d-warmup the
+    discriminator trains before the generator hears from it; with --seg-balance
+    the parser loss weighs small classes more; an export of another architecture
+    is refused with one clear error."""
+    torch.manual_seed(0)
+    train_generator_ae(_opts(cache, tmp_path / "src", steps=3))
+    G0 = load_generator(tmp_path / "src" / "generator.safetensors")
+    E0 = load_module_file(tmp_path / "src" / "image_encoder.safetensors", "image_encoder")
+    tr = GeneratorAETrainer(_opts(cache, tmp_path / "new", init=str(tmp_path / "src"), freeze_latents=True,
+                                  adv_start=3, d_warmup=2, parser=str(parser_file), seg_weight=1.0, seg_balance=0.5))
+    for name, ref in (("G", G0), ("G_ema", G0), ("E", E0), ("E_ema", E0)):
+        for (k, p), q in zip(getattr(tr, name).state_dict().items(), ref.state_dict().values()):
+            assert torch.equal(p, q.to(p.dtype)), f"{name}.{k}"
+    w = tr.seg_class_weights
+    assert w is not None and w.shape == (19,)
+    freq = torch.bincount(torch.from_numpy(np.array(tr.data.masks)).reshape(-1).long(), minlength=19).float()
+    big, small = int(freq.argmax()), int(torch.where(freq > 0, freq, freq.max() + 1).argmin())
+    assert w[small] > 2 * w[big]
+    s1 = tr.train_step()  # step 0: before the warm-up window (adv_start - d_warmup = 1)
+    s2 = tr.train_step()  # step 1: discriminator only
+    assert "loss_D" not in s1 and "loss_D" in s2 and "adv_G" not in s2
+    tr.train_step()
+    assert "adv_G" in tr.train_step()
+    with pytest.raises(UserError, match="does not match"):
+        GeneratorAETrainer(_opts(cache, tmp_path / "bad", init=str(tmp_path / "src"), channels=[16, 16, 16, 8, 8]))
+    with pytest.raises(UserError, match="no generator"):
+        GeneratorAETrainer(_opts(cache, tmp_path / "bad2", init=str(tmp_path / "nothing")))
+    with pytest.raises(UserError, match="seg-balance"):
+        _opts(cache, tmp_path, seg_balance=2.0).validate()

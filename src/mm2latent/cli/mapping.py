@@ -41,6 +41,13 @@ def add_train_subcommands(models) -> None:
     g.add_argument("--freeze-latents", action="store_true",
                    help="train only the synthesis network (encoder and mapping fixed, so latents derived from them "
                    "stay valid): sharpening phase; no prior samples")
+    g.add_argument("--init", default=None, metavar="WEIGHTS_DIR",
+                   help="start from exported weights (generator.safetensors + image_encoder.safetensors in this "
+                   "directory, e.g. the shipped src/mm2latent/weights); discriminator and optimisers start fresh")
+    g.add_argument("--d-warmup", type=int, default=0,
+                   help="steps before --adv-start in which the discriminator already trains (use with --init)")
+    g.add_argument("--seg-balance", type=float, default=0.0,
+                   help="parser loss class weights freq**-P (0 = plain cross-entropy, 0.5 = inverse square root)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--resume", action="store_true")
@@ -123,7 +130,8 @@ def _train_generator_ae(a) -> int:
                                           lr=a.lr, kl_weight=a.kl_weight, seg_weight=a.seg_weight,
                                           attr_weight=a.attr_weight, coeff_weight=a.coeff_weight,
                                           adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume,
-                                          freeze_latents=a.freeze_latents))
+                                          freeze_latents=a.freeze_latents, init=a.init, d_warmup=a.d_warmup,
+                                          seg_balance=a.seg_balance))
     return 0
 
 

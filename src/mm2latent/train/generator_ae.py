@@ -86,11 +86,23 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: derived from them (MappingNet's training targets, saved inversions) keeps its meaning while the
     #: decoder is sharpened (adversarial fine-tuning); no prior samples in this phase
     freeze_latents: bool = False
+    #: start from exported weights: a directory holding ``generator.safetensors`` and
+    #: ``image_encoder.safetensors`` (the shipped weights directory, or a run's export); the
+    #: discriminator and optimisers start fresh. The architecture then comes from the files.
+    init: str | None = None
+    #: steps at the start during which the discriminator trains but the generator gets no adversarial
+    #: gradient (a fresh discriminator next to a trained generator: its first judgements are noise)
+    d_warmup: int = 0
+    #: class balance of the parser loss: each pixel weighs freq(class) ** -seg_balance (normalised so
+    #: the average pixel weighs 1, capped at 50); 0 = plain cross-entropy, 0.5 = the parser's own
+    #: training weights. Eyes, brows and lips cover ~0.2 % of the image each, so plain cross-entropy
+    #: barely asks the synthesis to draw them
+    seg_balance: float = 0.0
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
-                 "analyzer")
+                 "analyzer", "d_warmup", "seg_balance")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -99,6 +111,8 @@ class GeneratorAEOptions(ckpt.OptionsDict):
             raise UserError("--adv-every and --r1-every must be >= 1")
         if self.batch < 2 or self.prior_batch < 0:
             raise UserError("--batch must be >= 2 and --prior-batch >= 0")
+        if self.d_warmup < 0 or not (0.0 <= self.seg_balance <= 1.0):
+            raise UserError("--d-warmup must be >= 0 and --seg-balance in [0, 1]")
         for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma", "attr_weight", "coeff_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
@@ -130,17 +144,19 @@ def resized_for(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
     return x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
 
 
-def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: dict[str, float]) -> torch.Tensor:
+def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: dict[str, float],
+                 seg_class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The frozen judges' losses on reconstructions against the renderer's truth in ``batch``:
     ``o.seg_weight`` x parser cross-entropy (mask), ``o.attr_weight`` x analyzer attribute BCE,
-    ``o.coeff_weight`` x analyzer coefficient MSE; each term's value goes into ``stats``."""
+    ``o.coeff_weight`` x analyzer coefficient MSE; each term's value goes into ``stats``.
+    ``seg_class_weights`` (19,) weighs the parser cross-entropy per class."""
     loss = x_rec.new_zeros(())
     if parser is not None:
         logits = parser(resized_for(x_rec, parser))
         mask = batch["mask"]
         if logits.shape[-1] != mask.shape[-1]:
             logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        seg = F.cross_entropy(logits, mask)
+        seg = F.cross_entropy(logits, mask, weight=seg_class_weights)
         loss = loss + o.seg_weight * seg
         stats["seg"] = seg.item()
     if analyzer is not None:
@@ -177,6 +193,13 @@ class GeneratorAETrainer:
         self.parser = frozen_judge("parser", opts.parser) if opts.parser != "" and opts.seg_weight > 0 else None
         self.analyzer = (frozen_judge("analyzer", opts.analyzer) if opts.attr_weight > 0 or opts.coeff_weight > 0
                          else None)
+        self.seg_class_weights = None
+        if self.parser is not None and opts.seg_balance > 0:
+            from .perception import class_weights
+
+            self.seg_class_weights = torch.from_numpy(class_weights(self.data, power=opts.seg_balance)).float()
+        if opts.init is not None:
+            load_init(self, opts.init)
         betas = (0.5, 0.99)
         self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
                                       {"params": list(self.E.parameters()), "lr": opts.enc_lr}], lr=opts.lr, betas=betas)
@@ -196,6 +219,8 @@ class GeneratorAETrainer:
         b = self.data.batch(self.order.take(o.batch))
         x = b["image"]
         adv_on = o.adv_weight > 0 and self.step >= o.adv_start and self.step % o.adv_every == 0
+        # the discriminator may start d_warmup steps before the generator hears from it
+        d_on = o.adv_weight > 0 and self.step >= o.adv_start - o.d_warmup and self.step % o.adv_every == 0
         stats: dict[str, float] = {}
 
         # generator + encoder
@@ -218,7 +243,7 @@ class GeneratorAETrainer:
             kl = kl_to_standard_normal(mu, logvar).mean()
             loss = rec + o.kl_weight * kl
             stats["rec"], stats["kl"] = rec.item(), kl.item()
-        loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, o, stats)
+        loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, o, stats, self.seg_class_weights)
         x_pri = None
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()
@@ -234,7 +259,7 @@ class GeneratorAETrainer:
         self.optG.step()
 
         # discriminator
-        if adv_on:
+        if d_on:
             G.requires_grad_(False)
             D.requires_grad_(True)
             fakes = x_rec.detach() if x_pri is None else torch.cat([x_rec.detach(), x_pri.detach()])
@@ -309,6 +334,31 @@ class GeneratorAETrainer:
         from ..common.imageio import make_grid
 
         return make_grid(np.asarray(rows), n)
+
+
+def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> None:
+    """Generator (into G and G_ema) and image encoder (into E and E_ema) from exported files."""
+    from ..models.stylegan2 import load_generator
+    from ..perception import load_module_file
+
+    d = Path(weights_dir)
+    files = {"generator": d / "generator.safetensors", "image encoder": d / "image_encoder.safetensors"}
+    for what, f in files.items():
+        if not f.exists():
+            raise UserError(f"--init {weights_dir}: no {what} file {f.name} there")
+    g = load_generator(files["generator"])
+    e = load_module_file(files["image encoder"], "image_encoder")
+    for name, src, dst in (("generator", g, trainer.G), ("image encoder", e, trainer.E)):
+        got, want = {k: tuple(v.shape) for k, v in src.state_dict().items()}, \
+            {k: tuple(v.shape) for k, v in dst.state_dict().items()}
+        if got != want:
+            diff = sorted(set(got.items()) ^ set(want.items()))[:3]
+            raise UserError(f"--init {weights_dir}: the {name} does not match this run's architecture "
+                            f"(--channels/--enc-widths/--z-dim); first differences: {diff}")
+    trainer.G.load_state_dict(g.state_dict())
+    trainer.G_ema.load_state_dict(g.state_dict())
+    trainer.E.load_state_dict(e.state_dict())
+    trainer.E_ema.load_state_dict(e.state_dict())
 
 
 def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:

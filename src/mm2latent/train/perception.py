@@ -304,17 +304,17 @@ class Task:
         raise NotImplementedError
 
 
-def class_weights(data, num_classes: int = NUM_CLASSES, max_samples: int = 512) -> np.ndarray:
-    """Inverse-square-root class frequencies (normalised so that the average
-    pixel weighs 1, capped at 50): small parts such as eyes and earrings get
-    gradient from the first steps instead of after thousands."""
+def class_weights(data, num_classes: int = NUM_CLASSES, max_samples: int = 512, power: float = 0.5) -> np.ndarray:
+    """Inverse-square-root (``power``) class frequencies (normalised so that the
+    average pixel weighs 1, capped at 50): small parts such as eyes and earrings
+    get gradient from the first steps instead of after thousands."""
     n = min(len(data), max_samples if hasattr(data, "masks") else 64)
     counts = np.zeros(num_classes)
     for a in range(0, n, 64):
         m = data.batch(np.arange(a, min(n, a + 64)))["mask"].numpy()
         counts += np.bincount(m.ravel(), minlength=num_classes)[:num_classes]
     freq = counts / max(1, counts.sum())
-    w = (freq + 1e-4) ** -0.5
+    w = (freq + 1e-4) ** -power
     w = w / (w * freq).sum()
     return np.minimum(w, 50.0)
 

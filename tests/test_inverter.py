@@ -126,6 +126,34 @@ def test_resume_is_exact_and_export_loads(parts, cache, judges, tmp_path):
         train_inverter(_opts(cache, tmp_path / "b", judges, steps=8), generator=G, image_encoder=E)
 
 
+def test_init_fine_tunes_an_exported_inverter(parts, cache, judges, tmp_path):
+    """--init: a run starts from an exported inverter (same predictions before any step, every
+    offset active), trains on from there; an inverter for another generator layout is refused."""
+    G, E = parts
+    torch.manual_seed(0)
+    train_inverter(_opts(cache, tmp_path / "a", judges, steps=6), generator=G, image_encoder=E)
+    f = tmp_path / "a" / "wplus_inverter.safetensors"
+    tr = InverterTrainer(_opts(cache, tmp_path / "b", judges, init=str(f)), generator=G, image_encoder=E)
+    ref = load_module_file(f, "wplus_inverter")
+    x = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(ref(x)[0], tr.inv.eval()(x)[0])
+    tr.inv.train()
+    assert bool(tr.inv.active.all())
+    before = [p.detach().clone() for p in tr.inv.heads.parameters()]
+    tr.train_step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, tr.inv.heads.parameters()))
+    from mm2latent.models.stylegan2 import StyleGAN2Config
+
+    other = Generator(StyleGAN2Config(resolution=SIZE, z_dim=16, w_dim=8, mapping_layers=2,
+                                      channels={4: 16, 8: 16, 16: 8, 32: 8, 64: 8})).eval()
+    with pytest.raises(UserError, match="predicts"):
+        InverterTrainer(_opts(cache, tmp_path / "c", judges, init=str(f)), generator=other, image_encoder=E)
+    with pytest.raises(UserError, match="no such file"):
+        InverterTrainer(_opts(cache, tmp_path / "d", judges, init=str(tmp_path / "none.safetensors")),
+                        generator=G, image_encoder=E)
+
+
 def test_options_validation(cache, judges, tmp_path):
     for kw, msg in (({"steps": None}, "budget"), ({"offset_reg": -1.0}, "offset-reg"),
                     ({"mix_prob": 2.0}, "mix-prob"), ({"batch": 0}, "batch")):

@@ -37,6 +37,9 @@ def add_train_inverter(models) -> None:
     t.add_argument("--latent-weight", type=float, default=0.1)
     t.add_argument("--progressive-steps", type=nonneg_int, default=100,
                    help="switch on one more layer's offset every N steps (0: all at once; default 100)")
+    t.add_argument("--init", default=None, metavar="WPLUS_INVERTER.safetensors",
+                   help="fine-tune this exported inverter (e.g. after the generator's synthesis was fine-tuned); "
+                   "all offsets active from the start")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=positive_int, default=None)
     t.add_argument("--resume", action="store_true")
@@ -52,7 +55,7 @@ def _train_inverter(a) -> int:
         out=a.out, data=a.data, weights=a.weights, minutes=a.minutes, steps=a.steps, batch=a.batch,
         sample_batch=a.sample_batch, lr=a.lr, base_lr=a.base_lr, offset_reg=a.offset_reg, seg_weight=a.seg_weight,
         attr_weight=a.attr_weight, coeff_weight=a.coeff_weight, latent_weight=a.latent_weight,
-        progressive_steps=a.progressive_steps, seed=a.seed, threads=a.threads, resume=a.resume))
+        progressive_steps=a.progressive_steps, seed=a.seed, threads=a.threads, resume=a.resume, init=a.init))
     return 0
 
 

@@ -68,6 +68,10 @@ class InverterOptions(ckpt.OptionsDict):
     sample_every: int = 500
     threads: int | None = None
     resume: bool = False
+    #: start from an exported inverter (``wplus_inverter.safetensors``) instead of the W encoder with
+    #: zero offsets -- e.g. to follow a generator whose synthesis was fine-tuned; every offset is then
+    #: active from the first step (progressive_steps is ignored) and the architecture comes from the file
+    init: str | None = None
 
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "weights")
@@ -103,7 +107,10 @@ class InverterTrainer:
         if image_encoder.config.size != self.G.resolution:
             raise UserError(f"the image encoder takes {image_encoder.config.size}px images but the generator makes "
                             f"{self.G.resolution}px")
-        self.inv = WPlusInverter.from_parts(image_encoder, self.G, {"head_width": opts.head_width})
+        if opts.init is not None:
+            self.inv = load_init(opts.init, self.G)
+        else:
+            self.inv = WPlusInverter.from_parts(image_encoder, self.G, {"head_width": opts.head_width})
         self.data = data if data is not None else CachedWorldDataset(opts.data)
         if getattr(self.data, "size", self.G.resolution) != self.G.resolution:
             raise UserError(f"data {opts.data} is {self.data.size}px but the generator makes {self.G.resolution}px")
@@ -125,6 +132,8 @@ class InverterTrainer:
 
     def _set_active(self) -> None:
         k, n = self.opts.progressive_steps, self.inv.config.num_ws
+        if self.opts.init is not None:
+            k = 0
         on = n if k == 0 else min(n, self.step // k)
         self.inv.active.copy_((torch.arange(n) < on).float())
 
@@ -205,6 +214,19 @@ class InverterTrainer:
         full = self.G.synthesis(ws, noise_mode="const")
         rows = torch.cat([x, base, full]).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
         return make_grid(np.asarray(rows.permute(0, 2, 3, 1).numpy()), n)
+
+
+def load_init(path: str, G) -> WPlusInverter:
+    """An exported inverter to fine-tune; it must predict codes for this generator."""
+    from ..perception import load_module_file
+
+    if not Path(path).exists():
+        raise UserError(f"--init {path}: no such file")
+    inv = load_module_file(path, "wplus_inverter")
+    if inv.config.num_ws != G.num_ws or inv.config.w_dim != G.w_dim:
+        raise UserError(f"--init {path}: the inverter predicts {inv.config.num_ws} x {inv.config.w_dim} codes but "
+                        f"the generator takes {G.num_ws} x {G.w_dim}")
+    return inv.train().requires_grad_(True)
 
 
 def export(trainer: InverterTrainer, run_dir: Path) -> None:

@@ -149,6 +149,14 @@ def test_init_fine_tunes_an_exported_inverter(parts, cache, judges, tmp_path):
                                       channels={4: 16, 8: 16, 16: 8, 32: 8, 64: 8})).eval()
     with pytest.raises(UserError, match="predicts"):
         InverterTrainer(_opts(cache, tmp_path / "c", judges, init=str(f)), generator=other, image_encoder=E)
+    E2 = ImageEncoder(E.config)  # another generator-AE's encoder: --init-base weights takes it as the base
+    torch.nn.init.normal_(next(E2.parameters()))
+    tr2 = InverterTrainer(_opts(cache, tmp_path / "e", judges, init=str(f), init_base="weights"),
+                          generator=G, image_encoder=E2)
+    with torch.no_grad():
+        assert torch.allclose(tr2.inv.base(x), G.mapping(E2.eval()(x)[0]), atol=1e-5)
+        for a, b in zip(tr2.inv.heads.state_dict().values(), ref.heads.state_dict().values()):
+            assert torch.equal(a, b)
     with pytest.raises(UserError, match="no such file"):
         InverterTrainer(_opts(cache, tmp_path / "d", judges, init=str(tmp_path / "none.safetensors")),
                         generator=G, image_encoder=E)

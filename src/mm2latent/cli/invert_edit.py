@@ -40,6 +40,9 @@ def add_train_inverter(models) -> None:
     t.add_argument("--init", default=None, metavar="WPLUS_INVERTER.safetensors",
                    help="fine-tune this exported inverter (e.g. after the generator's synthesis was fine-tuned); "
                    "all offsets active from the start")
+    t.add_argument("--init-base", default="inverter", choices=("inverter", "weights"),
+                   help="with --init: keep the file's base code, or take the base (encoder + mapping) from --weights "
+                   "so that it is exactly their W inversion (after a generator-AE phase that moved W)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=positive_int, default=None)
     t.add_argument("--resume", action="store_true")
@@ -55,7 +58,8 @@ def _train_inverter(a) -> int:
         out=a.out, data=a.data, weights=a.weights, minutes=a.minutes, steps=a.steps, batch=a.batch,
         sample_batch=a.sample_batch, lr=a.lr, base_lr=a.base_lr, offset_reg=a.offset_reg, seg_weight=a.seg_weight,
         attr_weight=a.attr_weight, coeff_weight=a.coeff_weight, latent_weight=a.latent_weight,
-        progressive_steps=a.progressive_steps, seed=a.seed, threads=a.threads, resume=a.resume, init=a.init))
+        progressive_steps=a.progressive_steps, seed=a.seed, threads=a.threads, resume=a.resume, init=a.init,
+        init_base=a.init_base))
     return 0
 
 

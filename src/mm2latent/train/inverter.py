@@ -72,6 +72,10 @@ class InverterOptions(ckpt.OptionsDict):
     #: zero offsets -- e.g. to follow a generator whose synthesis was fine-tuned; every offset is then
     #: active from the first step (progressive_steps is ignored) and the architecture comes from the file
     init: str | None = None
+    #: with ``init``: "inverter" keeps the file's base code (encoder + mapping copy); "weights" replaces
+    #: it by the current generator's mapping and image encoder (``weights``), so the base code is again
+    #: exactly the W inversion of a generator-AE that was trained on, and only the offset heads carry over
+    init_base: str = "inverter"
 
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "weights")
@@ -87,6 +91,8 @@ class InverterOptions(ckpt.OptionsDict):
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         if not 0 <= self.mix_prob <= 1:
             raise UserError("--mix-prob must lie in [0, 1]")
+        if self.init_base not in ("inverter", "weights"):
+            raise UserError("--init-base must be 'inverter' or 'weights'")
 
 
 class InverterTrainer:
@@ -108,7 +114,7 @@ class InverterTrainer:
             raise UserError(f"the image encoder takes {image_encoder.config.size}px images but the generator makes "
                             f"{self.G.resolution}px")
         if opts.init is not None:
-            self.inv = load_init(opts.init, self.G)
+            self.inv = load_init(opts.init, self.G, image_encoder if opts.init_base == "weights" else None)
         else:
             self.inv = WPlusInverter.from_parts(image_encoder, self.G, {"head_width": opts.head_width})
         self.data = data if data is not None else CachedWorldDataset(opts.data)
@@ -216,8 +222,9 @@ class InverterTrainer:
         return make_grid(np.asarray(rows.permute(0, 2, 3, 1).numpy()), n)
 
 
-def load_init(path: str, G) -> WPlusInverter:
-    """An exported inverter to fine-tune; it must predict codes for this generator."""
+def load_init(path: str, G, image_encoder=None) -> WPlusInverter:
+    """An exported inverter to fine-tune; it must predict codes for this generator. With
+    ``image_encoder``, its base code is reset to ``G.mapping(image_encoder(x)[0])``."""
     from ..perception import load_module_file
 
     if not Path(path).exists():
@@ -226,6 +233,13 @@ def load_init(path: str, G) -> WPlusInverter:
     if inv.config.num_ws != G.num_ws or inv.config.w_dim != G.w_dim:
         raise UserError(f"--init {path}: the inverter predicts {inv.config.num_ws} x {inv.config.w_dim} codes but "
                         f"the generator takes {G.num_ws} x {G.w_dim}")
+    if image_encoder is not None:
+        try:
+            inv.encoder.load_state_dict(image_encoder.state_dict())
+            inv.mapping.load_state_dict(G.mapping.state_dict())
+        except RuntimeError as e:
+            raise UserError(f"--init {path} --init-base weights: the inverter's encoder or mapping does not match "
+                            f"the generator-AE's ({str(e).splitlines()[0]})") from None
     return inv.train().requires_grad_(True)
 
 

@@ -88,7 +88,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     freeze_latents: bool = False
     #: start from exported weights: a directory holding ``generator.safetensors`` and
     #: ``image_encoder.safetensors`` (the shipped weights directory, or a run's export); the
-    #: discriminator and optimisers start fresh. The architecture then comes from the files.
+    #: discriminator and optimisers start fresh. The files must match this run's architecture options.
     init: str | None = None
     #: steps at the start during which the discriminator trains but the generator gets no adversarial
     #: gradient (a fresh discriminator next to a trained generator: its first judgements are noise)
@@ -346,19 +346,15 @@ def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> None:
     for what, f in files.items():
         if not f.exists():
             raise UserError(f"--init {weights_dir}: no {what} file {f.name} there")
-    g = load_generator(files["generator"])
-    e = load_module_file(files["image encoder"], "image_encoder")
-    for name, src, dst in (("generator", g, trainer.G), ("image encoder", e, trainer.E)):
-        got, want = {k: tuple(v.shape) for k, v in src.state_dict().items()}, \
-            {k: tuple(v.shape) for k, v in dst.state_dict().items()}
-        if got != want:
-            diff = sorted(set(got.items()) ^ set(want.items()))[:3]
-            raise UserError(f"--init {weights_dir}: the {name} does not match this run's architecture "
-                            f"(--channels/--enc-widths/--z-dim); first differences: {diff}")
-    trainer.G.load_state_dict(g.state_dict())
-    trainer.G_ema.load_state_dict(g.state_dict())
-    trainer.E.load_state_dict(e.state_dict())
-    trainer.E_ema.load_state_dict(e.state_dict())
+    loaded = {"generator": load_generator(files["generator"]),
+              "image encoder": load_module_file(files["image encoder"], "image_encoder")}
+    for name, targets in (("generator", (trainer.G, trainer.G_ema)), ("image encoder", (trainer.E, trainer.E_ema))):
+        for dst in targets:
+            try:
+                dst.load_state_dict(loaded[name].state_dict())
+            except RuntimeError as e:
+                raise UserError(f"--init {weights_dir}: the {name} does not match this run's architecture "
+                                f"(--channels/--enc-widths/--z-dim): {str(e).splitlines()[1].strip()}") from None
 
 
 def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:
@@ -368,8 +364,8 @@ def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:
                          "kimg": trainer.nimg / 1000, "minutes": round(trainer.elapsed / 60, 1),
                          "data": trainer.opts.data, "last_phase": "synthesis-only adversarial sharpening "
                          "(encoder and mapping frozen)" if trainer.opts.freeze_latents else "autoencoder",
-                         "losses": {k: getattr(trainer.opts, k) for k in ("kl_weight", "seg_weight", "attr_weight",
-                                                                         "coeff_weight", "adv_weight")}}}
+                         "losses": {k: getattr(trainer.opts, k) for k in ("kl_weight", "seg_weight", "seg_balance",
+                                                                         "attr_weight", "coeff_weight", "adv_weight")}}}
     save_generator(run_dir / "generator", trainer.G_ema, dtype=torch.float16, extra=info)
     save_module(trainer.E_ema, run_dir / "image_encoder.safetensors", half=True, extra=info)
 

@@ -305,9 +305,9 @@ class Task:
 
 
 def class_weights(data, num_classes: int = NUM_CLASSES, max_samples: int = 512, power: float = 0.5) -> np.ndarray:
-    """Inverse-square-root (``power``) class frequencies (normalised so that the
-    average pixel weighs 1, capped at 50): small parts such as eyes and earrings
-    get gradient from the first steps instead of after thousands."""
+    """Per-class weights freq ** -power (inverse square root by default),
+    normalised so that the average pixel weighs 1, capped at 50: small parts such
+    as eyes and earrings get gradient from the first steps instead of after thousands."""
     n = min(len(data), max_samples if hasattr(data, "masks") else 64)
     counts = np.zeros(num_classes)
     for a in range(0, n, 64):

@@ -256,3 +256,70 @@ def test_init_from_exported_weights_with_fresh_discriminator(cache, parser_file,
         GeneratorAETrainer(_opts(cache, tmp_path / "bad2", init=str(tmp_path / "nothing")))
     with pytest.raises(UserError, match="seg-balance"):
         _opts(cache, tmp_path, seg_balance=2.0).validate()
+
+
+def _record(run_dir: Path, name: str = "generator") -> dict:
+    return json.loads((run_dir / f"{name}.json").read_text())["training"]
+
+
+def test_init_export_continues_the_history(cache, parser_file, tmp_path):
+    """An export of an --init run carries the init's history: cumulative step,
+    kimg and minutes, the init's phases plus one for this run (with its command
+    line), and the init path; a run without --init records one phase."""
+    torch.manual_seed(0)
+    train_generator_ae(_opts(cache, tmp_path / "src", steps=3))
+    first = _record(tmp_path / "src")
+    assert first["step"] == 3 and first["kimg"] == pytest.approx(0.012) and "init" not in first
+    assert len(first["phases"]) == 1 and first["phases"][0].startswith("steps 0-3: autoencoder")
+    assert "--steps 3" in first["phases"][0] and "--init" not in first["phases"][0]
+    src = str(tmp_path / "src")
+    train_generator_ae(_opts(cache, tmp_path / "new", steps=2, init=src, freeze_latents=True, adv_start=3,
+                             d_warmup=2, parser=str(parser_file), seg_weight=1.0, seg_balance=0.5))
+    rec = _record(tmp_path / "new")
+    assert rec == _record(tmp_path / "new", "image_encoder")
+    assert rec["step"] == 5 and rec["kimg"] == pytest.approx(0.020) and rec["init"] == src
+    assert rec["minutes"] >= first["minutes"]
+    assert len(rec["phases"]) == 2 and rec["phases"][0] == first["phases"][0]
+    last = rec["phases"][1]
+    assert last.startswith("steps 3-5: synthesis-only")
+    for part in (f"(mm2latent train generator-ae --init {src} ", "--freeze-latents", "--adv-start 3", "--d-warmup 2",
+                 "--seg-weight 1.0", "--seg-balance 0.5", "--steps 2"):
+        assert part in last, (part, last)
+    assert "--attr-weight" not in last and "--adv-weight" not in last
+    assert rec["losses"]["seg_balance"] == 0.5 and "synthesis-only" in rec["last_phase"]
+
+
+def test_resumed_init_run_keeps_the_carried_history(cache, tmp_path):
+    """The init's record travels in the checkpoint: resuming an --init run after
+    the init directory's generator.json was overwritten (e.g. by an export into it)
+    or deleted still exports the history the run started from."""
+    torch.manual_seed(0)
+    train_generator_ae(_opts(cache, tmp_path / "src", steps=3))
+    first = _record(tmp_path / "src")
+    src = tmp_path / "src"
+    train_generator_ae(_opts(cache, tmp_path / "new", steps=2, init=str(src), adv_weight=0.1))
+    meta = ckpt.read_checkpoint(ckpt.list_checkpoints(tmp_path / "new")[0], TRAIN_KIND)[1]
+    assert meta["init_training"] == first
+    gj = json.loads((src / "generator.json").read_text())
+    gj["training"] = dict(gj["training"], step=999, kimg=99.0, phases=["steps 0-999: something else"])
+    (src / "generator.json").write_text(json.dumps(gj))
+    tr = train_generator_ae(_opts(cache, tmp_path / "new", steps=4, init=str(src), adv_weight=0.1, resume=True))
+    assert tr.step == 4 and tr.init_training == first
+    (src / "generator.json").unlink()
+    train_generator_ae(_opts(cache, tmp_path / "new", steps=5, init=str(src), adv_weight=0.1, resume=True))
+    rec = _record(tmp_path / "new")
+    assert rec["step"] == 3 + 5 and rec["kimg"] == pytest.approx(0.032) and rec["init"] == str(src)
+    assert rec["phases"][0] == first["phases"][0] and len(rec["phases"]) == 2
+    assert rec["phases"][1].startswith("steps 3-8: autoencoder") and "--adv-weight 0.1" in rec["phases"][1]
+
+
+def test_history_of_records_without_phases():
+    """An init exported before phases were recorded counts as one phase; a bad record is refused."""
+    from mm2latent.train.generator_ae import carried_history
+
+    assert carried_history({}) == (0, 0.0, 0.0, [])
+    old = {"step": 40, "kimg": 0.64, "minutes": 2.5, "last_phase": "autoencoder"}
+    step, kimg, minutes, phases = carried_history(old)
+    assert (step, kimg, minutes) == (40, 0.64, 2.5) and phases == ["steps 0-40: autoencoder"]
+    with pytest.raises(UserError, match="phases"):
+        carried_history({"step": 1, "phases": "steps 0-1"})

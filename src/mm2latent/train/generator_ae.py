@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
-from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
+from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, load_state_checked, save_generator
 from . import state as ckpt
 from .stylegan2 import DataOrder
 
@@ -89,6 +89,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: start from exported weights: a directory holding ``generator.safetensors`` and
     #: ``image_encoder.safetensors`` (the shipped weights directory, or a run's export); the
     #: discriminator and optimisers start fresh. The files must match this run's architecture options.
+    #: The exports continue the init's "training" record (cumulative step/kimg/minutes, its phases + this run)
     init: str | None = None
     #: steps at the start during which the discriminator trains but the generator gets no adversarial
     #: gradient (a fresh discriminator next to a trained generator: its first judgements are noise)
@@ -173,7 +174,10 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: d
 
 
 class GeneratorAETrainer:
-    def __init__(self, opts: GeneratorAEOptions, data=None):
+    """``resuming``: the caller will :meth:`load_state` a checkpoint of this run, so ``--init`` weights are
+    not read (the checkpoint holds the weights and the init's training record)."""
+
+    def __init__(self, opts: GeneratorAEOptions, data=None, resuming: bool = False):
         from ..world.cache import CachedWorldDataset
 
         opts.validate()
@@ -198,8 +202,11 @@ class GeneratorAETrainer:
             from .perception import class_weights
 
             self.seg_class_weights = torch.from_numpy(class_weights(self.data, power=opts.seg_balance)).float()
-        if opts.init is not None:
-            load_init(self, opts.init)
+        #: the "training" record of the --init weights (their history: steps, kimg, minutes, phases);
+        #: empty without --init. Kept in checkpoints, so a resume never re-reads the init directory
+        self.init_training: dict[str, Any] = {}
+        if opts.init is not None and not resuming:
+            self.init_training = load_init(self, opts.init)
         betas = (0.5, 0.99)
         self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
                                       {"params": list(self.E.parameters()), "lr": opts.enc_lr}], lr=opts.lr, betas=betas)
@@ -301,7 +308,8 @@ class GeneratorAETrainer:
         for name, m in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema), ("E", self.E), ("E_ema", self.E_ema)):
             tensors.update(ckpt.module_tensors(name, m))
         meta: dict[str, Any] = {"train": self.opts.to_dict(), "elapsed": self.elapsed,
-                                "order": [self.order.epoch, self.order.cursor], "optim": {}}
+                                "order": [self.order.epoch, self.order.cursor], "optim": {},
+                                "init_training": self.init_training}
         for name, opt in (("optG", self.optG), ("optD", self.optD)):
             t, m = ckpt.flatten_optimizer(opt, name)
             tensors.update(t)
@@ -318,6 +326,10 @@ class GeneratorAETrainer:
         self.elapsed = float(meta["elapsed"])
         self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
         ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+        if "init_training" in meta:
+            self.init_training = dict(meta["init_training"] or {})
+        elif self.opts.init is not None:  # a checkpoint written before the init's record was carried
+            self.init_training = legacy_init_training(self.opts)
 
     @torch.no_grad()
     def sample_grid(self, n: int = 8):
@@ -336,9 +348,11 @@ class GeneratorAETrainer:
         return make_grid(np.asarray(rows), n)
 
 
-def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> None:
-    """Generator (into G and G_ema) and image encoder (into E and E_ema) from exported files."""
-    from ..models.stylegan2 import load_generator
+def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> dict[str, Any]:
+    """Generator (into G and G_ema) and image encoder (into E and E_ema) from exported files; returns
+    the generator's "training" record (``{}`` when it has none), the history this run continues."""
+    from ..common.checkpoint import load_checkpoint
+    from ..models.stylegan2 import GENERATOR_KIND
     from ..perception import load_module_file
 
     d = Path(weights_dir)
@@ -346,8 +360,13 @@ def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> None:
     for what, f in files.items():
         if not f.exists():
             raise UserError(f"--init {weights_dir}: no {what} file {f.name} there")
-    loaded = {"generator": load_generator(files["generator"]),
-              "image encoder": load_module_file(files["image encoder"], "image_encoder")}
+    tensors, gen_json = load_checkpoint(files["generator"], expect_kind=GENERATOR_KIND)
+    if not isinstance(gen_json.get("config"), dict):
+        raise UserError(f"checkpoint {files['generator']} has no 'config' section")
+    generator = Generator(StyleGAN2Config.from_dict(gen_json["config"]))
+    load_state_checked(generator, tensors, f"checkpoint {files['generator']}")
+    record = init_record(gen_json.get("training"), f"--init {weights_dir}")
+    loaded = {"generator": generator, "image encoder": load_module_file(files["image encoder"], "image_encoder")}
     for name, targets in (("generator", (trainer.G, trainer.G_ema)), ("image encoder", (trainer.E, trainer.E_ema))):
         for dst in targets:
             try:
@@ -355,17 +374,116 @@ def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> None:
             except RuntimeError as e:
                 raise UserError(f"--init {weights_dir}: the {name} does not match this run's architecture "
                                 f"(--channels/--enc-widths/--z-dim): {str(e).splitlines()[1].strip()}") from None
+    return record
+
+
+def init_record(record: Any, where: str) -> dict[str, Any]:
+    """A generator's "training" record as the history of a run started from it: ``{}`` when absent;
+    otherwise checked now (not at the first export, hours later) and returned unchanged."""
+    if not isinstance(record, dict):
+        return {}
+    carried_history(record, where)
+    return record
+
+
+def carried_history(record: dict[str, Any], where: str = "the --init weights") -> tuple[int, float, float, list[str]]:
+    """(step, kimg, minutes, phases) of an init's "training" record. A record without "phases" (written
+    before they were recorded) counts as one phase described by its "last_phase"."""
+    try:
+        step = int(record.get("step", 0))
+        kimg = float(record.get("kimg", 0.0))
+        minutes = float(record.get("minutes", 0.0))
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: the generator's training record has a non-numeric step/kimg/minutes") from None
+    phases = record.get("phases")
+    if phases is None:
+        phases = [f"steps 0-{step}: {record.get('last_phase', record.get('method', 'training'))}"] if step else []
+    if not isinstance(phases, list) or not all(isinstance(p, str) for p in phases):
+        raise UserError(f"{where}: the generator's training record has a malformed 'phases' list")
+    return step, kimg, minutes, list(phases)
+
+
+def legacy_init_training(opts: GeneratorAEOptions) -> dict[str, Any]:
+    """The init's record for a resumed checkpoint that does not carry it: read from ``opts.init`` now, with a
+    warning (the directory may have changed since the run started); ``{}`` when it cannot be read."""
+    from ..common.checkpoint import load_checkpoint
+    from ..models.stylegan2 import GENERATOR_KIND
+
+    d = Path(opts.init)
+    if d.resolve() == Path(opts.out).resolve():
+        ckpt.warn(f"the checkpoint does not carry the training record of --init {opts.init}, and that directory "
+                  "is this run's own export; the exported history starts at this run")
+        return {}
+    try:
+        record = init_record(load_checkpoint(d / "generator", expect_kind=GENERATOR_KIND)[1].get("training"),
+                             f"--init {opts.init}")
+    except UserError as e:
+        ckpt.warn(f"the checkpoint does not carry the training record of --init {opts.init} and it cannot be read "
+                  f"now ({e}); the exported history starts at this run")
+        return {}
+    ckpt.warn(f"the checkpoint does not carry the training record of --init {opts.init}; it was read from there "
+              "now (check it if that directory changed since the run started)")
+    return record
+
+
+#: CLI flags recorded in a phase's command line when they differ from the defaults (option name, flag)
+PHASE_FLAGS = (("freeze_latents", "--freeze-latents"), ("adv_start", "--adv-start"), ("d_warmup", "--d-warmup"),
+               ("adv_weight", "--adv-weight"), ("kl_weight", "--kl-weight"), ("seg_weight", "--seg-weight"),
+               ("seg_balance", "--seg-balance"), ("attr_weight", "--attr-weight"), ("coeff_weight", "--coeff-weight"),
+               ("lr", "--lr"), ("batch", "--batch"), ("seed", "--seed"), ("steps", "--steps"),
+               ("minutes", "--minutes"), ("threads", "--threads"))
+
+
+def phase_command(o: GeneratorAEOptions) -> str:
+    """The run's command line: ``--init`` and the flags whose values differ from the defaults
+    (``--data``/``--out``/``--resume`` left out)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GeneratorAEOptions)}
+    parts = ["mm2latent train generator-ae"]
+    if o.init is not None:
+        parts.append(f"--init {o.init}")
+    for name, flag in PHASE_FLAGS:
+        v = getattr(o, name)
+        if v == defaults[name]:
+            continue
+        parts.append(flag if isinstance(v, bool) else f"{flag} {v}")
+    return " ".join(parts)
+
+
+def phase_description(o: GeneratorAEOptions) -> str:
+    what = ("synthesis-only (encoder and mapping frozen)" if o.freeze_latents
+            else "autoencoder (encoder + mapping + synthesis)")
+    if o.init is not None:
+        what += ", started from exported weights with a fresh discriminator"
+        if o.d_warmup and o.adv_weight > 0:
+            what += f" (D-only for {o.d_warmup} steps)"
+    return what
+
+
+def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
+    """The "training" record of an export: cumulative over the --init weights' history (step, kimg,
+    minutes, phases) plus this run, which adds one phase."""
+    o = trainer.opts
+    step0, kimg0, minutes0, phases = carried_history(trainer.init_training)
+    step = step0 + trainer.step
+    phases.append(f"steps {step0}-{step}: {phase_description(o)} ({phase_command(o)})")
+    record = {"method": "autoencoding StyleGAN2 (VAE-GAN)", "step": step,
+              "kimg": round(kimg0 + trainer.nimg / 1000, 3), "minutes": round(minutes0 + trainer.elapsed / 60, 1),
+              "data": o.data, "last_phase": "synthesis-only adversarial sharpening "
+              "(encoder and mapping frozen)" if o.freeze_latents else "autoencoder",
+              "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "attr_weight",
+                                                    "coeff_weight", "adv_weight")},
+              "phases": phases}
+    if o.init is not None:
+        record["init"] = o.init
+    return record
 
 
 def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:
     from ..perception import save_module
 
-    info = {"training": {"method": "autoencoding StyleGAN2 (VAE-GAN)", "step": trainer.step,
-                         "kimg": trainer.nimg / 1000, "minutes": round(trainer.elapsed / 60, 1),
-                         "data": trainer.opts.data, "last_phase": "synthesis-only adversarial sharpening "
-                         "(encoder and mapping frozen)" if trainer.opts.freeze_latents else "autoencoder",
-                         "losses": {k: getattr(trainer.opts, k) for k in ("kl_weight", "seg_weight", "seg_balance",
-                                                                         "attr_weight", "coeff_weight", "adv_weight")}}}
+    info = {"training": training_record(trainer)}
     save_generator(run_dir / "generator", trainer.G_ema, dtype=torch.float16, extra=info)
     save_module(trainer.E_ema, run_dir / "image_encoder.safetensors", half=True, extra=info)
 
@@ -376,7 +494,7 @@ def train_generator_ae(opts: GeneratorAEOptions, data=None) -> GeneratorAETraine
     run_dir = Path(opts.out)
     check_writable_dir(run_dir)
     found, opts = ckpt.find_resume(run_dir, TRAIN_KIND, opts, opts.resume)
-    tr = GeneratorAETrainer(opts, data)
+    tr = GeneratorAETrainer(opts, data, resuming=bool(found))
     if found:
         tr.load_state(found[1], found[2])
         print(f"resuming {run_dir} from step {tr.step}", file=sys.stderr)

@@ -16,6 +16,9 @@ text+mask fidelity and mask mIoU for each variant.
 
     .venv/bin/python bench/ablation_mapping.py --data runs/mapping_data --steps 3000 --num 200 \
         --out docs/reports/mapping_ablation.json
+
+``--guidance 0,1`` evaluates every variant with and without text guidance
+(``Pipeline(text_guidance=...)``), so noise and guidance can be compared in one table.
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ def main() -> None:
                     help="replace each sample's mask (and its embedding) by the true mask of the render its z came "
                     "from (posterior data: sample i <- render i mod N): the parser loss then pulls G(w_pred) towards "
                     "world masks, as at test time, instead of towards masks the generator already draws")
+    ap.add_argument("--guidance", default="0", metavar="G[,G...]",
+                    help="evaluate every variant at each of these text guidance scales (Pipeline text_guidance)")
+    ap.add_argument("--guidance-from-layer", type=int, default=0, metavar="K",
+                    help="first generator layer the text guidance applies to")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--save-dir", default=None, help="also keep each variant's mapping_net here")
@@ -128,11 +135,12 @@ def main() -> None:
             label = " + ".join([f"parser loss {seg_w:g}"] * (seg_w > 0) + [f"attribute loss {attr_w:g}"] * (attr_w > 0))
             variants.append((f"{start}{a.seg_steps} steps, {label or 'w loss only'}",
                              {**seg_kw, "seg_weight": seg_w, "attr_weight": attr_w, "init": a.from_shipped}))
-    table = {"sigma": sigma, "steps": a.steps, "num": a.num, "data": a.data, "rows": {}}
+    scales = [float(g) for g in a.guidance.split(",") if g.strip()]
+    table = {"sigma": sigma, "steps": a.steps, "num": a.num, "data": a.data, "rows": {},
+             "guidance": scales, "guidance_from_layer": a.guidance_from_layer, "command": " ".join(sys.argv)}
     if "seg" in wanted:
         table.update(seg_steps=a.seg_steps, seg_lr=a.seg_lr, from_shipped=a.from_shipped, true_masks=a.true_masks,
-                     wplus_arms=a.wplus_arms,
-                     command=" ".join(sys.argv))
+                     wplus_arms=a.wplus_arms)
     shipped_net = str(_file(Path(a.weights) if a.weights else default_weights_dir(), "mapping_net"))
     for name, kw in variants:
         kw = dict(kw)
@@ -152,10 +160,13 @@ def main() -> None:
                 safe = "".join(ch if ch.isalnum() or ch in "=-" else "_" for ch in name)  # no dots: suffixes
                 Path(a.save_dir).mkdir(parents=True, exist_ok=True)
                 export(tr, Path(a.save_dir) / f"{safe}.safetensors", val)
-        pipe = Pipeline(base_pipe.G, base_pipe.controls, tr.net.eval(), None, text_noise_std=kw["text_noise_std"])
-        row = {**evaluate(pipe, data), "val_all_l1": val["val_all_l1"], "val_text_only_l1": val["val_text_only_l1"]}
-        table["rows"][name] = row
-        print(name, json.dumps(row), flush=True)
+        for g in scales:
+            pipe = Pipeline(base_pipe.G, base_pipe.controls, tr.net.eval(), None, text_noise_std=kw["text_noise_std"],
+                            text_guidance=g, guidance_from_layer=a.guidance_from_layer)
+            row = {**evaluate(pipe, data), "val_all_l1": val["val_all_l1"], "val_text_only_l1": val["val_text_only_l1"]}
+            label = name if scales == [0.0] else f"{name}, guidance {g:g}"
+            table["rows"][label] = row
+            print(label, json.dumps(row), flush=True)
     emit_json_report(table, a.out)
 
 

@@ -256,6 +256,66 @@ def test_pipeline_generate_is_deterministic_and_seeded(weights):
     assert np.array_equal(t0[0], t0[1])
 
 
+def test_text_guidance_extrapolates_the_text_effect(weights, tmp_path):
+    """w+ with guidance g from layer k = w + g * (w - w_without_text) on layers k.., w before k;
+    no effect without text or at g = 0; defaults read from mapping_net.json; bad values refused."""
+    pipe = Pipeline.from_pretrained(weights)
+    assert pipe.text_guidance == 0.0 and pipe.guidance_from_layer == 0  # files without the keys: off
+    emb = pipe.embed(text="a smiling woman with blond hair", mask=np.pad(np.ones((S - 8, S - 8), np.uint8), 4))
+    seeds = [3, 4]
+    plain = pipe.latents(emb, seeds)
+    # the same noisy text embedding the pipeline draws, to rebuild both terms by hand
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    e = emb["text"].expand(2, -1)
+    noisy = torch.nn.functional.normalize(
+        e + pipe.text_noise_std * torch.stack([torch.randn(e.shape[1], generator=g) for g in gens]), dim=-1)
+    full = {**emb, "text": noisy, "mask": emb["mask"].expand(2, -1)}
+    w = pipe.mapping(full, batch=2)
+    w_without = pipe.mapping({**full, "text": None}, batch=2)
+    assert torch.allclose(plain, pipe.G.broadcast(w), atol=1e-6)
+    k = pipe.G.num_ws // 2
+    pipe.set_text_guidance(1.5, k)
+    guided = pipe.latents(emb, seeds)
+    assert torch.allclose(guided[:, :k], plain[:, :k], atol=1e-6)
+    assert torch.allclose(guided[:, k:], (w + 1.5 * (w - w_without))[:, None].expand_as(guided[:, k:]), atol=1e-5)
+    assert not torch.allclose(guided, plain)
+    # an explicit scale overrides the default; 0 switches it off
+    assert torch.allclose(pipe.latents(emb, seeds, text_guidance=0.0), plain, atol=1e-6)
+    # text alone: every layer is guided (nothing states a layout to keep)
+    t_only = pipe.embed(text="a man")
+    full_t = {**t_only, "text": torch.nn.functional.normalize(
+        t_only["text"].expand(2, -1) + pipe.text_noise_std * torch.stack(
+            [torch.randn(t_only["text"].shape[1], generator=torch.Generator().manual_seed(s)) for s in seeds]), dim=-1)}
+    wt, wt0 = pipe.mapping(full_t, batch=2), pipe.mapping({**full_t, "text": None}, batch=2)
+    assert torch.allclose(pipe.latents(t_only, seeds), pipe.G.broadcast(wt + 1.5 * (wt - wt0)), atol=1e-5)
+    # no text: nothing to guide
+    mask_only = pipe.embed(mask=np.pad(np.ones((S - 8, S - 8), np.uint8), 4))
+    pipe.set_text_guidance(0.0, 0)
+    ref = pipe.latents(mask_only, seeds)
+    pipe.set_text_guidance(2.0, 0)
+    assert torch.allclose(pipe.latents(mask_only, seeds), ref, atol=1e-6)
+    # deterministic through generate, and different from unguided
+    a = np.asarray(pipe.generate(text="a man", seed=1))
+    assert np.array_equal(a, np.asarray(pipe.generate(text="a man", seed=1)))
+    assert not np.array_equal(a, np.asarray(pipe.generate(text="a man", seed=1, text_guidance=0.0)))
+    for bad in ((-1.0, 0), (float("nan"), 0), (1.0, pipe.G.num_ws), (1.0, -1)):
+        with pytest.raises(UserError, match="guidance"):
+            pipe.set_text_guidance(*bad)
+    with pytest.raises(UserError, match="guidance"):
+        pipe.generate(text="a man", text_guidance=50.0)
+    # defaults come from mapping_net.json
+    import shutil
+
+    d = tmp_path / "w"
+    shutil.copytree(weights, d)
+    meta = json.loads((d / "mapping_net.json").read_text())
+    meta.update(text_guidance=1.5, guidance_from_layer=k)
+    (d / "mapping_net.json").write_text(json.dumps(meta))
+    p2 = Pipeline.from_pretrained(d)
+    assert (p2.text_guidance, p2.guidance_from_layer) == (1.5, k)
+    assert torch.allclose(p2.latents(emb, seeds), guided, atol=1e-6)
+
+
 def test_pipeline_bad_inputs(weights, tmp_path):
     pipe = Pipeline.from_pretrained(weights)
     for kw, msg in (({}, "at least one"), ({"text": "   "}, "empty"), ({"text": 3}, "string"),

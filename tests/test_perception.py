@@ -399,6 +399,36 @@ def test_freeze_encoder_trains_a_wider_decoder_behind_the_same_code(cache, tmp_p
                                   freeze_encoder=True), quiet=True)
 
 
+def test_refinement_stage_starts_neutral_and_trains(cache, tmp_path):
+    """A full-resolution refinement stage added to trained AE weights (``--init`` with
+    ``--model-config '{"refine": C}'``) leaves the output unchanged before training (its last conv
+    starts at zero), then trains jointly with the rest; --augment-p is validated and recorded."""
+    tp.train_perception(_opts("mask_ae", cache, tmp_path / "src", steps=4), quiet=True)
+    exported = tmp_path / "src" / "mask_ae.safetensors"
+    ref = load_module_file(exported, "mask_ae").eval()
+    ft = tp.PerceptionTrainer(_opts("mask_ae", cache, tmp_path / "ft", steps=1, init=str(exported),
+                                    model={"refine": 8}))
+    masks = torch.from_numpy(np.load(cache / "masks.npy")[:4].astype(np.int64))
+    x = F.one_hot(masks, 19).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        assert torch.allclose(ft.model.eval()(x), ref(x), atol=1e-5)
+    kw = dict(init=str(exported), model={"refine": 8}, lr=1e-2, augment_p=0.0)
+    tp.train_perception(_opts("mask_ae", cache, tmp_path / "r", steps=25, **kw), quiet=True)
+    losses = _losses(tmp_path / "r")
+    assert np.mean(losses[-5:]) < np.mean(losses[:3])
+    out = load_module_file(tmp_path / "r" / "mask_ae.safetensors", "mask_ae")
+    assert out.config.refine == 8 and out.config.widths() == ref.config.widths()
+    assert any(k.startswith("refine.") for k in out.state_dict())
+    assert not torch.equal(out.state_dict()["refine.1.weight"], torch.zeros_like(out.state_dict()["refine.1.weight"]))
+    assert json.loads((tmp_path / "r" / "options.json").read_text())["augment_p"] == 0.0
+    with pytest.raises(UserError, match="augment-p"):
+        tp.train_perception(_opts("mask_ae", cache, tmp_path / "bad", steps=1, augment_p=1.5), quiet=True)
+    # with --init, encoder fields stay refused
+    with pytest.raises(UserError, match="max_width"):
+        tp.train_perception(_opts("mask_ae", cache, tmp_path / "bad2", steps=1, init=str(exported),
+                                  model={"refine": 8, "max_width": 8}), quiet=True)
+
+
 def test_minutes_budget_stops(cache, tmp_path):
     tr = tp.train_perception(_opts("coeff_ae", cache, tmp_path / "m", minutes=0.002), quiet=True)
     assert tr.step_count >= 1 and tr.elapsed >= 0.12

@@ -35,6 +35,12 @@ def register(sub) -> None:
     g.add_argument("--truncation", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--latency", action="store_true", help="also time generate() (text + mask)")
+    g.add_argument("--split", choices=("test", "val"), default="test",
+                   help="world split to render (choose inference settings on val, report on test)")
+    g.add_argument("--text-guidance", type=float, default=None, metavar="G",
+                   help="text guidance scale (default: the shipped one, mapping_net.json)")
+    g.add_argument("--guidance-from-layer", type=int, default=None, metavar="K",
+                   help="first generator layer text guidance applies to (default: the shipped one)")
     g.add_argument("--out", default=None, help="write the JSON report here (also printed)")
     g.set_defaults(func=_eval_generation)
     gn = esub.add_parser("generator", help="realism of unconditional samples: Fréchet distance / KID to held-out "
@@ -132,7 +138,8 @@ def _eval_generation(a) -> int:
     if a.out:
         check_output_file(a.out)
     pipe = Pipeline.from_pretrained(a.weights)
-    report = evaluate_pipeline(pipe, num=a.num, truncation=a.truncation, seed=a.seed)
+    pipe.set_text_guidance(a.text_guidance, a.guidance_from_layer)
+    report = evaluate_pipeline(pipe, num=a.num, truncation=a.truncation, seed=a.seed, split=a.split)
     if a.latency:
         ex = Path(__file__).resolve().parents[3] / "examples" / "mask_long_hair.png"
         report["latency"] = latency(pipe, str(ex))

@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--num", type=positive_int, default=1, help="images for seeds seed..seed+num-1")
     p.add_argument("--truncation", type=float, default=1.0, help="pull w towards the mean w (1 = none)")
     p.add_argument("--variation", type=float, default=0.0, help="mix fine layers towards a random w (0..1)")
+    p.add_argument("--text-guidance", type=float, default=None, metavar="G",
+                   help="extrapolate the text's effect on w by G (0 = off; default: the shipped setting)")
     p.add_argument("--weights", default=None, help="weights directory (default: the shipped world models)")
     p.add_argument("--out", required=True, help="output PNG (with --num > 1: a directory, plus grid.png)")
     p.set_defaults(func=_generate)
@@ -48,7 +50,7 @@ def _generate(a) -> int:
     pipe = Pipeline.from_pretrained(a.weights)
     seeds = list(range(a.seed, a.seed + a.num))
     imgs = pipe.generate_batch(a.text, a.mask, a.sketch, a.coeffs, seeds=seeds, truncation=a.truncation,
-                               variation=a.variation)
+                               variation=a.variation, text_guidance=a.text_guidance)
     if a.num == 1:
         save_image(out, imgs[0])
         print(f"wrote {out}")

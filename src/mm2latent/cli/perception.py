@@ -207,6 +207,9 @@ def register_train_subcommands(models) -> None:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
         s.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
+        if task in ("mask_ae", "sketch_ae"):
+            s.add_argument("--augment-p", type=float, default=0.5, metavar="P",
+                           help="probability of each input augmentation per sample (default 0.5)")
         s.add_argument("--model-config", type=_json_object, default={}, metavar="JSON",
                        help="model config overrides, e.g. '{\"base\": 16, \"depth\": 4}'")
         s.add_argument("--init", default=None, metavar="WEIGHTS",
@@ -216,7 +219,7 @@ def register_train_subcommands(models) -> None:
             s.add_argument("--freeze-encoder", action="store_true",
                            help="with --init: train only the decoder, keeping the encoder (and the embeddings "
                            "MappingNet was trained on) bit-identical; --model-config may then set dec_base, "
-                           "dec_max_width, heads")
+                           "dec_max_width, heads, refine")
         s.add_argument("--ckpt-minutes", type=_positive_float, default=5.0, help="checkpoint interval (default 5)")
         s.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
         s.set_defaults(func=_train, perception_task=task)
@@ -228,7 +231,7 @@ def _train(args) -> int:
     opts = PerceptionTrainOptions(
         task=args.perception_task, data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
         batch=args.batch, lr=args.lr, schedule=args.schedule, warmup=args.warmup, augment=not args.no_augment,
-        seed=args.seed, limit=args.limit, val=args.val, val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
+        augment_p=getattr(args, "augment_p", 0.5), seed=args.seed, limit=args.limit, val=args.val, val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
         model=args.model_config, export=args.export, threads=args.threads, init=args.init,
         freeze_encoder=getattr(args, "freeze_encoder", False),
     )

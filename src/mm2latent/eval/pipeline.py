@@ -102,8 +102,8 @@ def _batched_embeddings(pipe, data, idx: slice, use: tuple[str, ...], caption_ke
 
 @torch.no_grad()
 def evaluate_pipeline(pipe, num: int = 200, batch: int = 25, truncation: float = 1.0, seed: int = 0,
-                      data: dict | None = None, diversity_seeds: int = 8) -> dict[str, Any]:
-    data = data if data is not None else render_test(num, pipe.resolution)
+                      data: dict | None = None, diversity_seeds: int = 8, split: str = "test") -> dict[str, Any]:
+    data = data if data is not None else render_test(num, pipe.resolution, split)
     n = len(data["caption"])
     c = pipe.controls
     settings = {
@@ -145,7 +145,9 @@ def evaluate_pipeline(pipe, num: int = 200, batch: int = 25, truncation: float =
     from ..pipeline.controls import resize_sketch
 
     in_sk = resize_sketch(data["sketch"], c.sketch_size)
-    report: dict[str, Any] = {"num": n, "truncation": truncation, "text_noise_std_at_inference": pipe.text_noise_std}
+    report: dict[str, Any] = {"num": n, "split": split,
+                              "truncation": truncation, "text_noise_std_at_inference": pipe.text_noise_std,
+                              "text_guidance": pipe.text_guidance, "guidance_from_layer": pipe.guidance_from_layer}
     report["text_fidelity"] = {
         "in_grammar": {"text": fact_accuracy(cat["text"]["attributes"], data["facts"]),
                        "text+mask": fact_accuracy(cat["text+mask"]["attributes"], data["facts"]),

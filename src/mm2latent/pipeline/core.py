@@ -23,6 +23,18 @@ random w drawn from the seed -- from the fitted latent prior when the weights
 have one (``latent_prior.safetensors``: w of real renders, where the decoder is
 good), else mapping(z) -- and truncation pulls towards that prior's mean. Same
 inputs + same seed -> the same image.
+
+Text guidance (``text_guidance`` g, from layer ``guidance_from_layer`` k): the
+text's contribution to w is extrapolated, as classifier-free guidance does in
+diffusion models: ``w_k.. = w + g * (w - w_without_text)``, where
+``w_without_text`` is MappingNet's output for the same inputs with the text
+replaced by its learned "absent" embedding (one more MappingNet pass, no
+extra synthesis). The pseudo-text noise MappingNet is trained with blurs what
+the text says; guidance sharpens it again. When a mask, sketch or coefficients
+are given, guidance is restricted to the layers from k on, leaving the coarse
+layers, which lay out the face (what those controls state), unchanged; with
+text alone it applies to every layer. Defaults come from ``mapping_net.json`` (``text_guidance``,
+``guidance_from_layer``; both chosen on the validation split), else 0 (off).
 """
 
 from __future__ import annotations
@@ -218,7 +230,8 @@ class Pipeline(EditingMixin):
     """Multimodal face generation with MappingNet (see module docstring); editing in :mod:`.editing`."""
 
     def __init__(self, generator, controls: ControlEncoders, mapping_net, image_encoder=None,
-                 text_noise_std: float = 0.0, info: dict | None = None, latent_prior=None, wplus_inverter=None):
+                 text_noise_std: float = 0.0, info: dict | None = None, latent_prior=None, wplus_inverter=None,
+                 text_guidance: float = 0.0, guidance_from_layer: int = 0):
         self.G = generator.eval().requires_grad_(False)
         self.latent_prior = latent_prior.eval() if latent_prior is not None else None
         if self.latent_prior is not None and self.latent_prior.config.dim != self.G.w_dim:
@@ -234,6 +247,7 @@ class Pipeline(EditingMixin):
                 raise UserError(f"the W+ inverter makes {c.num_ws}x{c.w_dim} codes but the generator takes "
                                 f"{self.G.num_ws}x{self.G.w_dim}: they were not made together")
         self.text_noise_std = float(text_noise_std)
+        self.text_guidance, self.guidance_from_layer = check_guidance(text_guidance, guidance_from_layer, self.G.num_ws)
         self.info = info or {}
 
     @classmethod
@@ -244,11 +258,19 @@ class Pipeline(EditingMixin):
         minfo = comp["mapping_net_info"]
         pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], optional["image_encoder"],
                    text_noise_std=float(minfo.get("text_noise_std", 0.0)), info={"weights": str(d)},
-                   latent_prior=optional["latent_prior"], wplus_inverter=optional["wplus_inverter"])
+                   latent_prior=optional["latent_prior"], wplus_inverter=optional["wplus_inverter"],
+                   text_guidance=float(minfo.get("text_guidance", 0.0)),
+                   guidance_from_layer=int(minfo.get("guidance_from_layer", 0)))
         if pipe.mapping.config.w_dim != pipe.G.w_dim:
             raise UserError(f"mapping_net in {d} outputs {pipe.mapping.config.w_dim}-d w but the generator takes "
                             f"{pipe.G.w_dim}-d w: they were not trained together")
         return pipe
+
+    def set_text_guidance(self, scale: float | None = None, from_layer: int | None = None) -> None:
+        """Change the default text guidance (None keeps the current value)."""
+        self.text_guidance, self.guidance_from_layer = check_guidance(
+            self.text_guidance if scale is None else scale,
+            self.guidance_from_layer if from_layer is None else from_layer, self.G.num_ws)
 
     @property
     def resolution(self) -> int:
@@ -278,8 +300,11 @@ class Pipeline(EditingMixin):
     # -- mapping + synthesis --------------------------------------------------
     @torch.no_grad()
     def latents(self, embeddings: dict[str, torch.Tensor | None], seeds: Sequence[int], truncation: float = 1.0,
-                variation: float = 0.0, variation_layers: int = 4) -> torch.Tensor:
-        """w+ (B, num_ws, w_dim) for each seed; embeddings have batch 1 or len(seeds)."""
+                variation: float = 0.0, variation_layers: int = 4, text_guidance: float | None = None) -> torch.Tensor:
+        """w+ (B, num_ws, w_dim) for each seed; embeddings have batch 1 or len(seeds).
+        ``text_guidance`` None: the pipeline's default (see the module docstring)."""
+        g, k = check_guidance(self.text_guidance if text_guidance is None else text_guidance,
+                              self.guidance_from_layer, self.G.num_ws)
         b = len(seeds)
         gens = [torch.Generator().manual_seed(int(s) & 0x7FFFFFFFFFFFFFFF) for s in seeds]
         emb = {}
@@ -294,6 +319,12 @@ class Pipeline(EditingMixin):
             emb[m] = e
         w = self.mapping(emb, batch=b)
         ws = self.G.broadcast(w)
+        if g > 0 and emb.get("text") is not None:
+            # with a spatial control the coarse layers keep the layout it states; text alone: all layers
+            k = k if any(emb.get(m) is not None for m in ("mask", "sketch", "coeffs")) else 0
+            w_without = self.mapping({**emb, "text": None}, batch=b)
+            ws = ws.clone()
+            ws[:, k:] = ws[:, k:] + g * (w - w_without)[:, None]
         if variation > 0:
             if self.latent_prior is not None:
                 w_rand = torch.cat([self.latent_prior.sample(1, g) for g in gens])
@@ -325,20 +356,22 @@ class Pipeline(EditingMixin):
         return torch.cat(out)
 
     def generate_tensor(self, text=None, mask=None, sketch=None, coeffs=None, seeds: Sequence[int] = (0,),
-                        truncation: float = 1.0, variation: float = 0.0) -> torch.Tensor:
+                        truncation: float = 1.0, variation: float = 0.0, text_guidance: float | None = None) -> torch.Tensor:
         _check_truncation(truncation, variation)
         emb = self.embed(text, mask, sketch, coeffs)
-        return self.synthesize(self.latents(emb, list(seeds), truncation, variation), list(seeds))
+        return self.synthesize(self.latents(emb, list(seeds), truncation, variation, text_guidance=text_guidance),
+                               list(seeds))
 
     def generate(self, text=None, mask=None, sketch=None, coeffs=None, seed: int = 0, truncation: float = 1.0,
-                 variation: float = 0.0):
-        """One face as a PIL image (see the module docstring for what ``seed`` varies)."""
-        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, [seed], truncation, variation))[0]
+                 variation: float = 0.0, text_guidance: float | None = None):
+        """One face as a PIL image (see the module docstring for what ``seed`` varies and
+        what ``text_guidance`` does; None takes the shipped default)."""
+        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, [seed], truncation, variation, text_guidance))[0]
 
     def generate_batch(self, text=None, mask=None, sketch=None, coeffs=None, seeds: Sequence[int] = (0, 1, 2, 3),
-                       truncation: float = 1.0, variation: float = 0.0) -> list:
+                       truncation: float = 1.0, variation: float = 0.0, text_guidance: float | None = None) -> list:
         """Several seeds for the same inputs (one batched pass)."""
-        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, seeds, truncation, variation))
+        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, seeds, truncation, variation, text_guidance))
 
     # -- reading photos -------------------------------------------------------
     def parse(self, image) -> np.ndarray:
@@ -354,6 +387,19 @@ class Pipeline(EditingMixin):
 
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
         return analyze_image(self.controls.analyzer, img)[0]
+
+
+def check_guidance(scale: float, from_layer: int, num_ws: int) -> tuple[float, int]:
+    """Validated (text guidance scale, first guided layer)."""
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise UserError(f"text guidance must be a number, got {scale!r}") from None
+    if not (0.0 <= scale <= 10.0):
+        raise UserError(f"text guidance must lie in [0, 10], got {scale}")
+    if not (0 <= int(from_layer) < num_ws):
+        raise UserError(f"guidance_from_layer must lie in [0, {num_ws - 1}], got {from_layer}")
+    return scale, int(from_layer)
 
 
 def _check_truncation(truncation: float, variation: float) -> None:

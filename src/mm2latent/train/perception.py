@@ -47,7 +47,7 @@ from ..perception import build_model, save_module
 TASKS: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
 #: tasks whose encoder can be frozen, and the config fields that only shape their decoder
 FREEZABLE_TASKS: tuple[str, ...] = ("mask_ae", "sketch_ae")
-DECODER_FIELDS: tuple[str, ...] = ("dec_base", "dec_max_width", "heads")
+DECODER_FIELDS: tuple[str, ...] = ("dec_base", "dec_max_width", "heads", "refine")
 TRAIN_KIND_PREFIX = "train_"
 
 #: per-task defaults (batch, learning rate)
@@ -76,6 +76,10 @@ class PerceptionTrainOptions:
     warmup: int = 50
     weight_decay: float = 0.0
     augment: bool = True
+    #: mask/sketch AE: probability of each input augmentation (affine; blobby or rough strokes) per
+    #: sample. Every augmented pair asks the AE to map rough input to a clean target, which costs
+    #: clean-reconstruction accuracy; lower values trade robustness for clean fidelity
+    augment_p: float = 0.5
     seed: int = 0
     limit: int | None = None  # use only the first N training samples
     val: str | None = None  # validation cache for periodic metrics
@@ -109,6 +113,8 @@ class PerceptionTrainOptions:
             raise UserError("--limit must be positive")
         if self.ckpt_minutes <= 0:
             raise UserError("--ckpt-minutes must be positive")
+        if not (0.0 <= self.augment_p <= 1.0):
+            raise UserError("--augment-p must be in [0, 1]")
         if self.freeze_encoder:
             if self.task not in FREEZABLE_TASKS:
                 raise UserError(f"--freeze-encoder applies to {' and '.join(FREEZABLE_TASKS)}, not {self.task}")
@@ -119,7 +125,10 @@ class PerceptionTrainOptions:
                 raise UserError(f"with --freeze-encoder only the decoder may change ({', '.join(DECODER_FIELDS)}); "
                                 f"drop {', '.join(other)} from --model-config")
         elif self.init is not None and self.model:
-            raise UserError("--init takes the architecture from the weights file; drop --model-config")
+            other = sorted(set(self.model) - set(DECODER_FIELDS)) if self.task in FREEZABLE_TASKS else sorted(self.model)
+            if other:
+                raise UserError("--init takes the architecture from the weights file; --model-config may only change "
+                                f"the decoder of a mask/sketch AE ({', '.join(DECODER_FIELDS)}); drop {', '.join(other)}")
 
     def resolved(self) -> "PerceptionTrainOptions":
         d = TASK_DEFAULTS[self.task]
@@ -411,7 +420,7 @@ class MaskAETask(ParserTask):
     def loss(self, model, batch, gen):
         mask = batch["mask"]
         if self.opts.augment:
-            inp, tgt = augment_mask_pair(mask, gen)
+            inp, tgt = augment_mask_pair(mask, gen, p_affine=self.opts.augment_p, p_blobby=self.opts.augment_p)
         else:
             inp, tgt = mask, mask
         logits = model(F.one_hot(inp, NUM_CLASSES).permute(0, 3, 1, 2).float())
@@ -432,7 +441,7 @@ class SketchAETask(Task):
     def loss(self, model, batch, gen):
         sk = batch["sketch"]
         if self.opts.augment:
-            inp, tgt = augment_sketch_pair(sk, gen)
+            inp, tgt = augment_sketch_pair(sk, gen, p_affine=self.opts.augment_p, p_rough=self.opts.augment_p)
         else:
             inp, tgt = sk, sk
         logits = model(inp)

@@ -127,6 +127,45 @@ def test_mapping_data_contents_resume_and_shards(weights, mdata, tmp_path):
 # --------------------------------------------------------------------------- training
 
 
+def test_reembed_recomputes_control_embeddings_only(weights, mdata, tmp_path, capsys):
+    """mapping-reembed: a copy whose mask embeddings come from another mask AE, read from the
+    stored masks (what the generator pass would have produced with that AE); every other array is
+    unchanged, the source untouched, and the result loads and trains."""
+    from mm2latent.perception import load_module_file
+    from mm2latent.pipeline.controls import resize_labels
+    from mm2latent.train.mapping_data import reembed_mapping_data
+
+    src_bytes = {p.name: p.read_bytes() for p in mdata.iterdir()}
+    old_ae = load_module_file(weights / "mask_ae.safetensors", "mask_ae")
+    new_ae = type(old_ae)(old_ae.config)  # another (random) mask AE of the same shape
+    torch.manual_seed(5)
+    for p_ in new_ae.parameters():
+        torch.nn.init.normal_(p_, std=0.1)
+    from mm2latent.perception import save_module
+
+    save_module(new_ae, tmp_path / "mask_ae.safetensors")
+    out = tmp_path / "re"
+    assert main(["mapping-reembed", str(mdata), "--out", str(out), "--mask-ae", str(tmp_path / "mask_ae.safetensors")]) == 0
+    a, b = load_mapping_data(mdata), load_mapping_data(out)
+    ref_ae = load_module_file(tmp_path / "mask_ae.safetensors", "mask_ae")
+    with torch.no_grad():
+        want = ref_ae.encode(resize_labels(torch.from_numpy(a["mask"]).long(), ref_ae.config.size)).numpy()
+    assert np.allclose(b["mask_emb"].astype(np.float32), want, atol=1e-2)
+    assert not np.allclose(b["mask_emb"], a["mask_emb"])
+    for k in a:
+        if k != "mask_emb":
+            assert np.array_equal(a[k], b[k]), k
+    assert {p.name: p.read_bytes() for p in mdata.iterdir()} == src_bytes
+    assert json.loads((out / "meta.json").read_text())["reembedded"] == {"mask": str(tmp_path / "mask_ae.safetensors")}
+    capsys.readouterr()
+    for argv in (["mapping-reembed", str(mdata), "--out", str(mdata), "--mask-ae", str(tmp_path / "mask_ae.safetensors")],
+                 ["mapping-reembed", str(mdata), "--out", str(tmp_path / "x")],
+                 ["mapping-reembed", str(mdata), "--out", str(tmp_path / "y"), "--mask-ae", str(weights / "parser.safetensors")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("mm2latent: error:") and "\n" not in err
+
+
 def test_mapping_training_learns_and_resumes_exactly(mdata, tmp_path):
     data = load_mapping_data(mdata)
     o = dict(data=str(mdata), batch=16, text_noise_std=0.05, ckpt_minutes=1e-9)

@@ -177,7 +177,9 @@ def _full_report(a) -> int:
         _, meta = load_checkpoint(path, expect_kind="mapping_net")  # clear errors for missing/wrong files
         net = load_module_file(path, "mapping_net")
         std = float(meta.get("text_noise_std", 0.0))
-        ablations[name] = Pipeline(pipe.G, pipe.controls, net, None, text_noise_std=std, latent_prior=pipe.latent_prior)
+        # the same inference recipe (text guidance) as the main pipeline: only the net differs
+        ablations[name] = Pipeline(pipe.G, pipe.controls, net, None, text_noise_std=std, latent_prior=pipe.latent_prior,
+                                   text_guidance=pipe.text_guidance, guidance_from_layer=pipe.guidance_from_layer)
     run_report(pipe, a.out, a.num, a.seed, tuple(a.opt_steps), ablations, a.bank, baseline_settings=settings)
     print((Path(a.out) / "report.md").read_text())
     return 0

@@ -100,6 +100,34 @@ def register(sub) -> None:
     p.add_argument("--renders", default=None, metavar="CACHE_DIR", help="world cache for --source posterior")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=_mapping_data)
+    register_reembed(sub)
+
+
+def register_reembed(sub) -> None:
+    p = sub.add_parser("mapping-reembed", help="copy MappingNet data with control embeddings from new autoencoders",
+                       description="Recompute the mask/sketch/coefficient embeddings of 'mm2latent mapping-data' "
+                       "output from the stored controls with new autoencoder weights (no generator pass); the "
+                       "source directory is left untouched. Resumable.")
+    p.add_argument("data", metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="NEW_DATA_DIR")
+    p.add_argument("--mask-ae", default=None, metavar="WEIGHTS")
+    p.add_argument("--sketch-ae", default=None, metavar="WEIGHTS")
+    p.add_argument("--coeff-ae", default=None, metavar="WEIGHTS")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.set_defaults(func=_mapping_reembed)
+
+
+def _mapping_reembed(a) -> int:
+    from ..common.fileio import check_input_file
+    from ..train.mapping_data import reembed_mapping_data
+
+    _threads(a.threads)
+    enc = {c: p for c, p in (("mask", a.mask_ae), ("sketch", a.sketch_ae), ("coeffs", a.coeff_ae)) if p}
+    for p in enc.values():
+        check_input_file(p)
+    out = reembed_mapping_data(a.data, a.out, enc)
+    print(f"re-embedded {', '.join(enc)} into {out}")
+    return 0
 
 
 def _threads(n):

@@ -160,6 +160,7 @@ def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisatio
         "judges_on_renders": {"text_fidelity": fact_accuracy(ceiling["attributes"], data["facts"])["accuracy"],
                               "mask_miou": mean_iou(confusion_matrix(ceiling["mask"], tmask))},
         "config": {"weights": pipe.info.get("weights"), "text_noise_std": pipe.text_noise_std,
+                   "text_guidance": pipe.text_guidance, "guidance_from_layer": pipe.guidance_from_layer,
                    "optimisation_steps": list(optimisation_steps), "retrieval_bank": bank_size,
                    "optimisation_settings": baseline_settings or "defaults (eval.baselines.OptimisationConfig)",
                    "threads": torch.get_num_threads()},

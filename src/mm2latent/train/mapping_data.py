@@ -156,3 +156,65 @@ def load_mapping_data(root: str | os.PathLike, names: tuple[str, ...] = ARRAYS) 
             for name in names:
                 parts[name].append(f[name])
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+#: control -> (stored array it is read from, embedding array it produces, model kind)
+REEMBEDDABLE = {"mask": ("mask", "mask_emb", "mask_ae"), "sketch": ("sketch", "sketch_emb", "sketch_ae"),
+                "coeffs": ("coeffs", "coeff_emb", "coeff_ae")}
+
+
+@torch.no_grad()
+def reembed_mapping_data(data: str | os.PathLike, out: str | os.PathLike, encoders: dict[str, str],
+                         batch: int = 256) -> Path:
+    """A copy of MappingNet data ``data`` in ``out`` with the embeddings of the given controls
+    recomputed by new autoencoders (``encoders``: control -> weights file), read from the stored
+    controls (the parser mask, the sketch, the coefficients of each G(w)). A new spatial
+    autoencoder then needs no generator pass. ``data`` is never modified; chunks are written
+    atomically and skipped when present, so an interrupted run resumes."""
+    from ..perception import load_module_file
+    from ..pipeline.controls import resize_labels, resize_sketch
+
+    data, out = Path(data), Path(out)
+    if not encoders:
+        raise UserError("say which embeddings to recompute (--mask-ae, --sketch-ae or --coeff-ae)")
+    if data.resolve() == out.resolve():
+        raise UserError("--out must differ from the source data (the source is never modified)")
+    if not (data / "meta.json").exists():
+        raise UserError(f"{data} is not a MappingNet data directory (no meta.json)")
+    meta = json.loads((data / "meta.json").read_text())
+    models = {}
+    for control, path in encoders.items():
+        if control not in REEMBEDDABLE:
+            raise UserError(f"cannot re-embed {control!r}; choose from {', '.join(REEMBEDDABLE)}")
+        models[control] = load_module_file(path, REEMBEDDABLE[control][2]).eval()
+    n_chunks = (meta["num"] + meta["chunk"] - 1) // meta["chunk"]
+    missing = [k for k in range(n_chunks) if not (data / f"chunk-{k:05d}.npz").exists()]
+    if missing:
+        raise UserError(f"{data} is incomplete: {len(missing)} of {n_chunks} chunks missing")
+    out.mkdir(parents=True, exist_ok=True)
+    new_meta = {**meta, "reembedded": {**meta.get("reembedded", {}), **{c: str(p) for c, p in encoders.items()}},
+                "reembedded_from": str(data)}
+    write_text_atomic(out / "meta.json", json.dumps(new_meta, indent=1) + "\n")
+    todo = [k for k in range(n_chunks) if not (out / f"chunk-{k:05d}.npz").exists()]
+    bar = progress(total=len(todo), desc="re-embedding", unit="chunk")
+    for k in todo:
+        with np.load(data / f"chunk-{k:05d}.npz", allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+        for control, model in models.items():
+            src, dst, _ = REEMBEDDABLE[control]
+            x = torch.from_numpy(arrays[src])
+            embs = []
+            for a in range(0, len(x), batch):
+                xb = x[a:a + batch]
+                if control == "mask":
+                    xb = resize_labels(xb.long(), model.config.size)
+                elif control == "sketch":
+                    xb = resize_sketch(xb.float()[:, None], model.config.size)
+                embs.append(model.encode(xb.float() if control == "coeffs" else xb).numpy())
+            arrays[dst] = np.concatenate(embs).astype(arrays[dst].dtype)
+        with atomic_path(out / f"chunk-{k:05d}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        bar.update(1)
+    bar.close()
+    return out

@@ -194,3 +194,22 @@ def test_encoder_matches_captions_and_attributes(pipe):
         t = enc.encode_text(list(PROBES[a]))
         pred = ((img @ t[0]) > (img @ t[1])).numpy()
         assert balanced_accuracy(pred, truth[:, ATTRIBUTES.index(a)]) > 0.75, a  # measured 0.91 / 1.00 / 0.91 on 1,000
+
+
+@torch.no_grad()
+def test_text_guidance_raises_text_fidelity(pipe):
+    """The shipped text guidance (mapping_net.json) is on and, on 32 held-out faces with held-out
+    grammar captions, the guided faces state more of the caption's facts than unguided ones
+    (measured: 0.617 vs 0.577 on these 32; 0.636 vs 0.568 on 200 test faces)."""
+    from mm2latent.eval.pipeline import _batched_embeddings, fact_accuracy, render_test
+
+    assert pipe.text_guidance > 0
+    data = render_test(32, 128)
+    seeds = list(range(32))
+    emb = _batched_embeddings(pipe, data, slice(0, 32), ("text",), "caption_heldout")
+    acc = {}
+    for g in (0.0, pipe.text_guidance):
+        x = pipe.synthesize(pipe.latents(emb, seeds, text_guidance=g), seeds)
+        acc[g] = fact_accuracy(pipe.controls.derive(x)["attributes"], data["facts_heldout"])["accuracy"]
+    assert acc[pipe.text_guidance] > 0.55
+    assert acc[pipe.text_guidance] > acc[0.0]

@@ -231,7 +231,8 @@ def _train(args) -> int:
     opts = PerceptionTrainOptions(
         task=args.perception_task, data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
         batch=args.batch, lr=args.lr, schedule=args.schedule, warmup=args.warmup, augment=not args.no_augment,
-        augment_p=getattr(args, "augment_p", 0.5), seed=args.seed, limit=args.limit, val=args.val, val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
+        augment_p=getattr(args, "augment_p", 0.5), seed=args.seed, limit=args.limit, val=args.val,
+        val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
         model=args.model_config, export=args.export, threads=args.threads, init=args.init,
         freeze_encoder=getattr(args, "freeze_encoder", False),
     )

@@ -596,14 +596,18 @@ def load_state_checked(module: nn.Module, sd: dict[str, torch.Tensor], what: str
     module.load_state_dict({k: sd[k].to(v.dtype) for k, v in own.items()})
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> Generator:
-    """Read a generator written by :func:`save_generator` (eval mode)."""
+def read_generator(path: str | os.PathLike) -> tuple[Generator, dict]:
+    """A generator written by :func:`save_generator` and its whole JSON (config, training record, ...)."""
     from ..common.checkpoint import load_checkpoint
 
     tensors, config = load_checkpoint(path, expect_kind=GENERATOR_KIND)
     if "config" not in config or not isinstance(config["config"], dict):
         raise UserError(f"checkpoint {path} has no 'config' section")
-    cfg = StyleGAN2Config.from_dict(config["config"])
-    G = Generator(cfg)
+    G = Generator(StyleGAN2Config.from_dict(config["config"]))
     load_state_checked(G, tensors, f"checkpoint {path}")
-    return G.to(device).eval().requires_grad_(False)
+    return G, config
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> Generator:
+    """Read a generator written by :func:`save_generator` (eval mode)."""
+    return read_generator(path)[0].to(device).eval().requires_grad_(False)

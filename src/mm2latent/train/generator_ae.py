@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
-from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, load_state_checked, save_generator
+from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
 from . import state as ckpt
 from .stylegan2 import DataOrder
 
@@ -351,8 +351,7 @@ class GeneratorAETrainer:
 def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> dict[str, Any]:
     """Generator (into G and G_ema) and image encoder (into E and E_ema) from exported files; returns
     the generator's "training" record (``{}`` when it has none), the history this run continues."""
-    from ..common.checkpoint import load_checkpoint
-    from ..models.stylegan2 import GENERATOR_KIND
+    from ..models.stylegan2 import read_generator
     from ..perception import load_module_file
 
     d = Path(weights_dir)
@@ -360,11 +359,7 @@ def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> dict[str, Any]:
     for what, f in files.items():
         if not f.exists():
             raise UserError(f"--init {weights_dir}: no {what} file {f.name} there")
-    tensors, gen_json = load_checkpoint(files["generator"], expect_kind=GENERATOR_KIND)
-    if not isinstance(gen_json.get("config"), dict):
-        raise UserError(f"checkpoint {files['generator']} has no 'config' section")
-    generator = Generator(StyleGAN2Config.from_dict(gen_json["config"]))
-    load_state_checked(generator, tensors, f"checkpoint {files['generator']}")
+    generator, gen_json = read_generator(files["generator"])
     record = init_record(gen_json.get("training"), f"--init {weights_dir}")
     loaded = {"generator": generator, "image encoder": load_module_file(files["image encoder"], "image_encoder")}
     for name, targets in (("generator", (trainer.G, trainer.G_ema)), ("image encoder", (trainer.E, trainer.E_ema))):

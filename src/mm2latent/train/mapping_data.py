@@ -140,9 +140,8 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
     return out
 
 
-def load_mapping_data(root: str | os.PathLike, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
-    """All chunks concatenated; refuses incomplete data."""
-    root = Path(root)
+def complete_data_meta(root: Path) -> tuple[dict, int]:
+    """(meta.json, number of chunks) of a finished MappingNet data directory; refuses incomplete data."""
     if not (root / "meta.json").exists():
         raise UserError(f"{root} is not a MappingNet data directory (no meta.json)")
     meta = json.loads((root / "meta.json").read_text())
@@ -150,6 +149,13 @@ def load_mapping_data(root: str | os.PathLike, names: tuple[str, ...] = ARRAYS) 
     missing = [k for k in range(n_chunks) if not (root / f"chunk-{k:05d}.npz").exists()]
     if missing:
         raise UserError(f"{root} is incomplete: {len(missing)} of {n_chunks} chunks missing (rerun the generation)")
+    return meta, n_chunks
+
+
+def load_mapping_data(root: str | os.PathLike, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
+    """All chunks concatenated; refuses incomplete data."""
+    root = Path(root)
+    _, n_chunks = complete_data_meta(root)
     parts: dict[str, list] = {k: [] for k in names}
     for k in range(n_chunks):
         with np.load(root / f"chunk-{k:05d}.npz", allow_pickle=False) as f:
@@ -179,18 +185,12 @@ def reembed_mapping_data(data: str | os.PathLike, out: str | os.PathLike, encode
         raise UserError("say which embeddings to recompute (--mask-ae, --sketch-ae or --coeff-ae)")
     if data.resolve() == out.resolve():
         raise UserError("--out must differ from the source data (the source is never modified)")
-    if not (data / "meta.json").exists():
-        raise UserError(f"{data} is not a MappingNet data directory (no meta.json)")
-    meta = json.loads((data / "meta.json").read_text())
+    meta, n_chunks = complete_data_meta(data)
     models = {}
     for control, path in encoders.items():
         if control not in REEMBEDDABLE:
             raise UserError(f"cannot re-embed {control!r}; choose from {', '.join(REEMBEDDABLE)}")
         models[control] = load_module_file(path, REEMBEDDABLE[control][2]).eval()
-    n_chunks = (meta["num"] + meta["chunk"] - 1) // meta["chunk"]
-    missing = [k for k in range(n_chunks) if not (data / f"chunk-{k:05d}.npz").exists()]
-    if missing:
-        raise UserError(f"{data} is incomplete: {len(missing)} of {n_chunks} chunks missing")
     out.mkdir(parents=True, exist_ok=True)
     new_meta = {**meta, "reembedded": {**meta.get("reembedded", {}), **{c: str(p) for c, p in encoders.items()}},
                 "reembedded_from": str(data)}

@@ -347,12 +347,25 @@ def test_text_guidance_extrapolates_the_text_effect(weights, tmp_path):
 
     d = tmp_path / "w"
     shutil.copytree(weights, d)
+    before = json.loads((d / "mapping_net.json").read_text())
+    # `mm2latent mapping-guidance` writes them; every other key stays as it was
+    assert main(["mapping-guidance", str(d / "mapping_net.safetensors"), "--text-guidance", "1.5",
+                 "--from-layer", str(k), "--note", "chosen on val"]) == 0
     meta = json.loads((d / "mapping_net.json").read_text())
-    meta.update(text_guidance=1.5, guidance_from_layer=k)
-    (d / "mapping_net.json").write_text(json.dumps(meta))
+    assert meta == {**before, "text_guidance": 1.5, "guidance_from_layer": k, "inference_selection": "chosen on val"}
     p2 = Pipeline.from_pretrained(d)
     assert (p2.text_guidance, p2.guidance_from_layer) == (1.5, k)
     assert torch.allclose(p2.latents(emb, seeds), guided, atol=1e-6)
+    # bad values and files other than a MappingNet are refused and leave the file alone
+    for args in (["--text-guidance", "-1", "--from-layer", "0"], ["--text-guidance", "1", "--from-layer", "-2"]):
+        assert main(["mapping-guidance", str(d / "mapping_net.safetensors"), *args]) == 2
+    assert main(["mapping-guidance", str(d / "mask_ae.safetensors"), "--text-guidance", "1", "--from-layer", "0"]) == 2
+    assert json.loads((d / "mapping_net.json").read_text()) == meta
+    # a layer beyond the generator's is caught when the pair is loaded
+    assert main(["mapping-guidance", str(d / "mapping_net.safetensors"), "--text-guidance", "1",
+                 "--from-layer", str(p2.G.num_ws)]) == 0
+    with pytest.raises(UserError, match="guidance"):
+        Pipeline.from_pretrained(d)
 
 
 def test_pipeline_bad_inputs(weights, tmp_path):

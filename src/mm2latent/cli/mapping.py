@@ -101,6 +101,44 @@ def register(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=_mapping_data)
     register_reembed(sub)
+    register_guidance(sub)
+
+
+def register_guidance(sub) -> None:
+    p = sub.add_parser("mapping-guidance", help="set a MappingNet file's default text guidance",
+                       description="Record the inference defaults a Pipeline reads from a MappingNet file: text "
+                       "guidance scale G and first guided generator layer K (see mm2latent.pipeline.core). Choose "
+                       "them on the validation split (mm2latent eval generation --split val --text-guidance G "
+                       "--guidance-from-layer K). Only the JSON next to the weights changes (atomically); "
+                       "training exports do not carry these keys.")
+    p.add_argument("weights", metavar="MAPPING_NET", help="mapping_net.safetensors (or its .json)")
+    p.add_argument("--text-guidance", type=float, required=True, metavar="G", help="0 switches guidance off")
+    p.add_argument("--from-layer", type=int, required=True, metavar="K")
+    p.add_argument("--note", default=None, help="how G and K were chosen (stored as inference_selection)")
+    p.set_defaults(func=_mapping_guidance)
+
+
+def _mapping_guidance(a) -> int:
+    import json
+
+    from ..common.checkpoint import config_path, load_checkpoint
+    from ..common.fileio import write_text_atomic
+    from ..models.mapping import KIND
+    from ..pipeline.core import check_guidance
+
+    _, cfg = load_checkpoint(a.weights, expect_kind=KIND)  # refuses a missing, corrupt or foreign file
+    if a.from_layer < 0:
+        raise UserError(f"--from-layer must be >= 0, got {a.from_layer}")
+    # the layer's upper bound depends on the generator: Pipeline checks it when it loads the pair
+    scale, _ = check_guidance(a.text_guidance, 0, 1)
+    layer = a.from_layer
+    cfg.update(text_guidance=scale, guidance_from_layer=layer)
+    if a.note is not None:
+        cfg["inference_selection"] = a.note
+    js = config_path(a.weights)
+    write_text_atomic(js, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    print(f"{js}: text_guidance {scale}, guidance_from_layer {layer}")
+    return 0
 
 
 def register_reembed(sub) -> None:

@@ -30,6 +30,11 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
+def config_path(path: str | os.PathLike) -> Path:
+    """The JSON config that belongs to checkpoint ``path`` (.safetensors, .json or the bare stem)."""
+    return _paths(path)[1]
+
+
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
     """Write tensors and config atomically; returns the .safetensors path."""
     st, js = _paths(path)

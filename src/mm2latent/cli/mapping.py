@@ -127,11 +127,8 @@ def _mapping_guidance(a) -> int:
     from ..pipeline.core import check_guidance
 
     _, cfg = load_checkpoint(a.weights, expect_kind=KIND)  # refuses a missing, corrupt or foreign file
-    if a.from_layer < 0:
-        raise UserError(f"--from-layer must be >= 0, got {a.from_layer}")
     # the layer's upper bound depends on the generator: Pipeline checks it when it loads the pair
-    scale, _ = check_guidance(a.text_guidance, 0, 1)
-    layer = a.from_layer
+    scale, layer = check_guidance(a.text_guidance, a.from_layer, None)
     cfg.update(text_guidance=scale, guidance_from_layer=layer)
     if a.note is not None:
         cfg["inference_selection"] = a.note

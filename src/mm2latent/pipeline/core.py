@@ -389,15 +389,19 @@ class Pipeline(EditingMixin):
         return analyze_image(self.controls.analyzer, img)[0]
 
 
-def check_guidance(scale: float, from_layer: int, num_ws: int) -> tuple[float, int]:
-    """Validated (text guidance scale, first guided layer)."""
+def check_guidance(scale: float, from_layer: int, num_ws: int | None) -> tuple[float, int]:
+    """Validated (text guidance scale, first guided layer); ``num_ws`` None: the generator is not known
+    yet (a MappingNet file on its own), so the layer is only checked to be >= 0."""
     try:
         scale = float(scale)
     except (TypeError, ValueError):
         raise UserError(f"text guidance must be a number, got {scale!r}") from None
     if not (0.0 <= scale <= 10.0):
         raise UserError(f"text guidance must lie in [0, 10], got {scale}")
-    if not (0 <= int(from_layer) < num_ws):
+    if num_ws is None:
+        if int(from_layer) < 0:
+            raise UserError(f"guidance_from_layer must be >= 0, got {from_layer}")
+    elif not (0 <= int(from_layer) < num_ws):
         raise UserError(f"guidance_from_layer must lie in [0, {num_ws - 1}], got {from_layer}")
     return scale, int(from_layer)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "mm2latent" / "weights"
-#: mask AE reconstruction mIoU floor on the 16 faces below (measured 0.853 clean, 0.799 shifted; the
-#: AE without the refinement stage, shipped before stop 22, scores 0.796 / 0.761 and fails it)
-MASK_AE_FLOOR = 0.81
+#: mask AE reconstruction mIoU floor on the 16 faces below (measured 0.881 clean, 0.817 shifted; stop 22's
+#: AE scores 0.853 / 0.799 and fails the shifted floor, the one before it 0.796 / 0.761)
+MASK_AE_FLOOR = 0.85
 pytestmark = pytest.mark.skipif(not (WEIGHTS / "mapping_net.safetensors").exists(), reason="no shipped weights")
 
 

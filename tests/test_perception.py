@@ -429,6 +429,30 @@ def test_refinement_stage_starts_neutral_and_trains(cache, tmp_path):
                                   model={"refine": 8, "max_width": 8}), quiet=True)
 
 
+def test_second_refinement_stage_stacks_behind_a_frozen_encoder(cache, tmp_path):
+    """``refine2`` adds a deeper full-resolution stage on top of a trained AE that already has
+    ``refine``: the output is unchanged before training, the code (encoder) stays bit-identical
+    with --freeze-encoder, and the new stage trains (its last conv leaves zero)."""
+    tp.train_perception(_opts("mask_ae", cache, tmp_path / "src", steps=4, model={"refine": 8}), quiet=True)
+    exported = tmp_path / "src" / "mask_ae.safetensors"
+    ref = load_module_file(exported, "mask_ae").eval()
+    kw = dict(init=str(exported), model={"refine2": 8, "refine2_layers": 3}, freeze_encoder=True, lr=1e-2,
+              augment_p=0.0)
+    ft = tp.PerceptionTrainer(_opts("mask_ae", cache, tmp_path / "ft", steps=1, **kw))
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in ft.model.refine2.modules()) == 4  # 3 hidden + output
+    masks = torch.from_numpy(np.load(cache / "masks.npy")[:4].astype(np.int64))
+    x = F.one_hot(masks, 19).permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        assert torch.allclose(ft.model.eval()(x), ref(x), atol=1e-5)
+    tp.train_perception(_opts("mask_ae", cache, tmp_path / "r", steps=20, **kw), quiet=True)
+    out = load_module_file(tmp_path / "r" / "mask_ae.safetensors", "mask_ae").eval()
+    assert out.config.refine == 8 and out.config.refine2 == 8 and out.config.refine2_layers == 3
+    assert not torch.equal(out.refine2[-1].weight, torch.zeros_like(out.refine2[-1].weight))
+    with torch.no_grad():
+        assert torch.allclose(out.encode(x), ref.encode(x), atol=1e-2)  # fp16 storage of the same tensors
+        assert not torch.allclose(out(x), ref(x), atol=1e-3)
+
+
 def test_minutes_budget_stops(cache, tmp_path):
     tr = tp.train_perception(_opts("coeff_ae", cache, tmp_path / "m", minutes=0.002), quiet=True)
     assert tr.step_count >= 1 and tr.elapsed >= 0.12

@@ -219,7 +219,7 @@ def register_train_subcommands(models) -> None:
             s.add_argument("--freeze-encoder", action="store_true",
                            help="with --init: train only the decoder, keeping the encoder (and the embeddings "
                            "MappingNet was trained on) bit-identical; --model-config may then set dec_base, "
-                           "dec_max_width, heads, refine")
+                           "dec_max_width, heads, refine, refine2, refine2_layers")
         s.add_argument("--ckpt-minutes", type=_positive_float, default=5.0, help="checkpoint interval (default 5)")
         s.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
         s.set_defaults(func=_train, perception_task=task)

@@ -47,7 +47,7 @@ from ..perception import build_model, save_module
 TASKS: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
 #: tasks whose encoder can be frozen, and the config fields that only shape their decoder
 FREEZABLE_TASKS: tuple[str, ...] = ("mask_ae", "sketch_ae")
-DECODER_FIELDS: tuple[str, ...] = ("dec_base", "dec_max_width", "heads", "refine")
+DECODER_FIELDS: tuple[str, ...] = ("dec_base", "dec_max_width", "heads", "refine", "refine2", "refine2_layers")
 TRAIN_KIND_PREFIX = "train_"
 
 #: per-task defaults (batch, learning rate)

@@ -698,3 +698,80 @@ def test_analyzer_part_statistics_option():
     assert st.shape == (1, 15)
     assert st[0, 1].exp().item() == pytest.approx(0.5 + 1e-4, rel=1e-3)
     assert st[0, 3 + 1].item() < 0 and abs(st[0, 6 + 1].item()) < 1e-5
+
+
+# --------------------------------------------------------------------------- output-bias calibration
+
+
+@pytest.mark.parametrize("extra", [{}, {"refine": 4}, {"refine": 4, "refine2": 4}, {"heads": 1}])
+def test_shift_output_logits_adds_a_constant_per_class(extra):
+    """The per-class offset lands on the final logits exactly, whichever layer writes them last
+    (plain heads, the pixel-shuffle head alone, refine, refine2), and the code is unchanged."""
+    torch.manual_seed(0)
+    m = MaskAE(MaskAEConfig(size=32, base=4, max_width=8, latent_dim=64, bottom=4, **extra)).eval()
+    for mod in m.modules():  # zero-init output convs would hide a wrong fold
+        if isinstance(mod, torch.nn.Conv2d) and mod.bias is not None:
+            torch.nn.init.normal_(mod.bias, std=0.1)
+    x = F.one_hot(torch.randint(0, NUM_CLASSES, (2, 32, 32)), NUM_CLASSES).permute(0, 3, 1, 2).float()
+    b = torch.linspace(-1.5, 1.5, NUM_CLASSES)
+    with torch.no_grad():
+        before, code = m(x), m.encode(x)
+        m.shift_output_logits(b)
+        assert torch.allclose(m(x), before + b.view(1, -1, 1, 1), atol=1e-5)
+        assert torch.equal(m.encode(x), code)
+    with pytest.raises(ValueError, match="offsets"):
+        m.shift_output_logits([0.0] * 3)
+
+
+def test_fit_output_bias_removes_a_systematic_over_draw():
+    """Logits that favour class 2 by a constant 1.2 (an over-drawn small part) get an offset that
+    cancels it: mIoU rises to (nearly) perfect and class 2's offset is about -1.2 relative to the rest."""
+    from mm2latent.train.calibration import fit_output_bias
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randint(0, 4, (6, 16, 16), generator=g)
+    logits = 2.0 * F.one_hot(truth, 4).permute(0, 3, 1, 2).float() + 0.6 * torch.randn(6, 4, 16, 16, generator=g)
+    logits[:, 2] += 1.2
+    fit = fit_output_bias(logits.half(), truth.numpy(), limit=2.0, step=0.1, rounds=4)
+    assert fit.miou_after > fit.miou_before + 0.05 and fit.miou_after > 0.9
+    rel = fit.bias[2] - np.mean([fit.bias[k] for k in (0, 1, 3)])
+    assert -1.6 < rel < -0.8, fit.bias
+    assert fit.history[-1]["miou"] == pytest.approx(fit.miou_after)
+
+
+def test_calibrate_mask_ae_cli_writes_new_weights_and_keeps_the_encoder(cache, tmp_path):
+    from mm2latent.cli.main import main
+    from mm2latent.common.checkpoint import load_checkpoint
+
+    tp.train_perception(_opts("mask_ae", cache, tmp_path / "src", steps=4, model={**TINY_MODEL["mask_ae"],
+                                                                                  "refine": 4}), quiet=True)
+    src = tmp_path / "src" / "mask_ae.safetensors"
+    raw = src.read_bytes()
+    out = tmp_path / "cal.safetensors"
+    assert main(["calibrate-mask-ae", str(src), "--data", str(cache), "--num", "16", "--out", str(out),
+                 "--val", str(cache), "--val-limit", "8"]) == 0
+    assert src.read_bytes() == raw
+    a, b = load_module_file(src, "mask_ae"), load_module_file(out, "mask_ae")
+    enc = [k for k in a.state_dict() if k.startswith(("enc.", "to_code."))]
+    assert enc and all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in enc)
+    _, cfg = load_checkpoint(out, expect_kind="mask_ae")
+    rec = cfg["trained"]["output_calibration"]
+    assert len(rec["bias"]) == NUM_CLASSES and rec["num"] == 16
+    assert rec["train_miou_after"] >= rec["train_miou_before"] and "miou" in cfg["val"]
+    # refused: overwriting the input, a non-safetensors output, a file of another kind
+    assert main(["calibrate-mask-ae", str(src), "--data", str(cache), "--out", str(src)]) != 0
+    assert main(["calibrate-mask-ae", str(src), "--data", str(cache), "--out", str(tmp_path / "x.pt")]) != 0
+    tp.train_perception(_opts("sketch_ae", cache, tmp_path / "sk", steps=1), quiet=True)
+    assert main(["calibrate-mask-ae", str(tmp_path / "sk" / "sketch_ae.safetensors"), "--data", str(cache),
+                 "--out", str(tmp_path / "y.safetensors")]) != 0
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_class_weight_power_option(cache, tmp_path):
+    """--class-weight-power sets the cross-entropy weights (0: plain, all ones) and is validated."""
+    tr = tp.PerceptionTrainer(_opts("mask_ae", cache, tmp_path / "a", steps=1, class_weight_power=0.0))
+    assert np.allclose(tr.task.weights, 1.0)
+    tr = tp.PerceptionTrainer(_opts("mask_ae", cache, tmp_path / "b", steps=1))
+    assert tr.task.weights.max() > 2.0
+    with pytest.raises(UserError, match="class-weight-power"):
+        tp.train_perception(_opts("mask_ae", cache, tmp_path / "c", steps=1, class_weight_power=2.0), quiet=True)

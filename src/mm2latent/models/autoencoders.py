@@ -237,6 +237,28 @@ class SpatialAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    @torch.no_grad()
+    def shift_output_logits(self, bias: torch.Tensor | list[float]) -> None:
+        """Add a constant per output channel to every decoded logit, folded into the bias of the
+        layer that writes the output last (so nothing downstream of it sees the change); the
+        encoder is untouched. Used by the per-class calibration in :mod:`mm2latent.train.calibration`."""
+        b = torch.as_tensor(bias, dtype=torch.float32).flatten()
+        c = self.config.out_channels
+        if b.numel() != c:
+            raise ValueError(f"expected {c} offsets, got {b.numel()}")
+        if self.config.refine2:
+            last = self.refine2[-1]
+        elif self.config.refine:
+            last = self.refine[-1]
+        else:
+            last = self.heads[-1]
+        if last.bias is None:
+            raise ValueError("the output layer has no bias to shift")
+        if last.out_channels == c:
+            last.bias.add_(b.to(last.bias))
+        else:  # the pixel-shuffle head: 4 sub-pixel channels per class
+            last.bias.view(c, -1).add_(b.to(last.bias)[:, None])
+
 
 class MaskAE(SpatialAE):
     """Mask autoencoder; ``encode`` takes one-hot (B, 19, S, S) or an index map (B, S, S)."""

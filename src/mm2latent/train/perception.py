@@ -93,6 +93,10 @@ class PerceptionTrainOptions:
     #: mask/sketch AE with --init: train the decoder only, the encoder (and so every embedding
     #: MappingNet was trained on) stays bit-identical; ``model`` may then widen the decoder
     freeze_encoder: bool = False
+    #: parser / mask AE: cross-entropy class weights are ``freq ** -power``. 0.5 lets 1-3 px parts
+    #: learn early but biases boundaries towards small classes (over-draw); 0 is plain cross-entropy,
+    #: for fine-tuning a trained model towards unbiased boundaries
+    class_weight_power: float = 0.5
 
     def validate(self, require_budget: bool = True) -> None:
         if self.task not in TASKS:
@@ -115,6 +119,8 @@ class PerceptionTrainOptions:
             raise UserError("--ckpt-minutes must be positive")
         if not (0.0 <= self.augment_p <= 1.0):
             raise UserError("--augment-p must be in [0, 1]")
+        if not (0.0 <= self.class_weight_power <= 1.0):
+            raise UserError("--class-weight-power must be in [0, 1]")
         if self.freeze_encoder:
             if self.task not in FREEZABLE_TASKS:
                 raise UserError(f"--freeze-encoder applies to {' and '.join(FREEZABLE_TASKS)}, not {self.task}")
@@ -334,7 +340,7 @@ class ParserTask(Task):
 
     def __init__(self, opts, data):
         super().__init__(opts, data)
-        self.weights = class_weights(data)
+        self.weights = class_weights(data, power=opts.class_weight_power)
 
     def extra_state(self):
         return {"class_weights": [float(v) for v in self.weights]}

@@ -145,9 +145,10 @@ def _calibrate_mask_ae(args) -> int:
         after = eval_mask_ae(model, open_data(args.val), limit=args.val_limit)
         record["val_miou_before"] = round(before["miou"], 4)
         val = {"miou": after["miou"], **{f"miou_{k}": v for k, v in after["perturbed_miou"].items()}}
+        record["val_miou_after"] = round(after["miou"], 4)
     trained = dict(cfg.get("trained") or {}, output_calibration=record)
     save_module(model, out, half=True, extra={"trained": trained, "val": val})
-    print(json.dumps(record | ({"val_miou_after": round(val["miou"], 4)} if args.val else {}), indent=2))
+    print(json.dumps(record, indent=2))
     return 0
 
 

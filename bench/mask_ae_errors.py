@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from mm2latent.common.palette import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from mm2latent.common.fileio import write_text_atomic  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from mm2latent.perception import load_module_file  # noqa: E402
 from mm2latent.train.perception import open_data  # noqa: E402
@@ -77,11 +78,9 @@ def main() -> None:
                        for i in range(0, n, 64)])
     report = {"data": a.data, "num": n,
               "results": {w: error_structure(load_module_file(w, "mask_ae").eval(), masks) for w in a.weights}}
-    text = json.dumps(report, indent=1)
-    print(text)
+    print(json.dumps(report, indent=1))
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+        write_text_atomic(a.out, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -775,3 +775,25 @@ def test_class_weight_power_option(cache, tmp_path):
     assert tr.task.weights.max() > 2.0
     with pytest.raises(UserError, match="class-weight-power"):
         tp.train_perception(_opts("mask_ae", cache, tmp_path / "c", steps=1, class_weight_power=2.0), quiet=True)
+
+
+def test_mask_ae_error_bench_locates_boundary_errors_and_over_draw():
+    """bench/mask_ae_errors.py: a 'reconstruction' that grows class 2 by one pixel has every error
+    within 1 px of a boundary, only false positives for class 2 and only misses for class 1."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mask_ae_errors", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "mask_ae_errors.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    truth = torch.ones(2, 16, 16, dtype=torch.long)
+    truth[:, 5:9, 5:9] = 2
+
+    def grown(x):  # one-hot in -> logits of the mask with class 2 dilated by 1 px
+        two = F.max_pool2d(x[:, 2:3], 3, 1, 1)
+        return torch.cat([x[:, :1], x[:, 1:2] * (1 - two), two, x[:, 3:]], 1)
+
+    r = bench.error_structure(grown, truth)
+    assert r["errors_within_1px_of_boundary"] == 1.0 and r["wrong_pixel_share"] > 0
+    skin, nose = r["per_class"]["skin"], r["per_class"]["nose"]
+    assert nose["false_neg"] == 0 and nose["false_pos"] == 2 * (36 - 16) and skin["false_pos"] == 0

@@ -797,3 +797,21 @@ def test_mask_ae_error_bench_locates_boundary_errors_and_over_draw():
     assert r["errors_within_1px_of_boundary"] == 1.0 and r["wrong_pixel_share"] > 0
     skin, nose = r["per_class"]["skin"], r["per_class"]["nose"]
     assert nose["false_neg"] == 0 and nose["false_pos"] == 2 * (36 - 16) and skin["false_pos"] == 0
+
+
+def test_lovasz_softmax_loss_tracks_iou_and_trains(cache, tmp_path):
+    """The Lovász-softmax term is ~0 for a confident perfect prediction, grows as IoU falls, has
+    gradients, and --lovasz-weight adds it to the mask-AE loss (logged); negative weights are refused."""
+    truth = torch.randint(0, 4, (2, 12, 12), generator=torch.Generator().manual_seed(1))
+    perfect = 20.0 * F.one_hot(truth, 4).permute(0, 3, 1, 2).float()
+    shifted = torch.roll(perfect, 3, dims=-1)
+    losses = [tp.lovasz_softmax_loss(x, truth, 4).item() for x in (perfect, shifted, -perfect)]
+    assert losses[0] < 1e-6 < losses[1] < losses[2] <= 1.0 + 1e-6
+    x = torch.zeros(2, 4, 12, 12, requires_grad=True)
+    tp.lovasz_softmax_loss(x, truth, 4).backward()
+    assert x.grad.abs().sum() > 0
+    tp.train_perception(_opts("mask_ae", cache, tmp_path / "l", steps=3, lovasz_weight=0.5), quiet=True)
+    logged = [json.loads(line) for line in (tmp_path / "l" / "log.jsonl").read_text().splitlines()]
+    assert any("lovasz" in r for r in logged)
+    with pytest.raises(UserError, match="lovasz"):
+        tp.train_perception(_opts("mask_ae", cache, tmp_path / "bad", steps=1, lovasz_weight=-1.0), quiet=True)

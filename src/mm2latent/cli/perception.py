@@ -276,6 +276,9 @@ def register_train_subcommands(models) -> None:
             s.add_argument("--class-weight-power", type=float, default=0.5, metavar="P",
                            help="cross-entropy class weights freq**-P (default 0.5: small parts learn early but are "
                            "over-drawn; 0: plain cross-entropy, for fine-tuning towards unbiased boundaries)")
+        if task == "mask_ae":
+            s.add_argument("--lovasz-weight", type=float, default=0.0, metavar="W",
+                           help="add W x the Lovász-softmax loss, a surrogate of per-class IoU (default 0: off)")
         if task in ("mask_ae", "sketch_ae"):
             s.add_argument("--freeze-encoder", action="store_true",
                            help="with --init: train only the decoder, keeping the encoder (and the embeddings "
@@ -297,6 +300,7 @@ def _train(args) -> int:
         model=args.model_config, export=args.export, threads=args.threads, init=args.init,
         freeze_encoder=getattr(args, "freeze_encoder", False),
         class_weight_power=getattr(args, "class_weight_power", 0.5),
+        lovasz_weight=getattr(args, "lovasz_weight", 0.0),
     )
     train_perception(opts, resume=args.resume)
     return 0

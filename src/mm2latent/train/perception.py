@@ -97,6 +97,8 @@ class PerceptionTrainOptions:
     #: learn early but biases boundaries towards small classes (over-draw); 0 is plain cross-entropy,
     #: for fine-tuning a trained model towards unbiased boundaries
     class_weight_power: float = 0.5
+    #: mask AE: weight of a Lovász-softmax term (a surrogate of per-class IoU) added to the loss
+    lovasz_weight: float = 0.0
 
     def validate(self, require_budget: bool = True) -> None:
         if self.task not in TASKS:
@@ -121,6 +123,8 @@ class PerceptionTrainOptions:
             raise UserError("--augment-p must be in [0, 1]")
         if not (0.0 <= self.class_weight_power <= 1.0):
             raise UserError("--class-weight-power must be in [0, 1]")
+        if not (self.lovasz_weight >= 0.0 and math.isfinite(self.lovasz_weight)):
+            raise UserError("--lovasz-weight must be a non-negative number")
         if self.freeze_encoder:
             if self.task not in FREEZABLE_TASKS:
                 raise UserError(f"--freeze-encoder applies to {' and '.join(FREEZABLE_TASKS)}, not {self.task}")
@@ -282,6 +286,30 @@ def integer_shift(x: torch.Tensor, gen: torch.Generator, max_px: int = 4, mask: 
 # --------------------------------------------------------------------------- tasks
 
 
+def lovasz_softmax_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Lovász-softmax (Berman et al., CVPR 2018): a convex surrogate of 1 - IoU per class, over all
+    pixels of the batch, averaged over the classes present. IoU is what the mask AE is judged on;
+    cross-entropy only approximates it, most poorly for small classes whose boundary pixels are
+    a large share of their area."""
+    prob = logits.float().softmax(1).permute(0, 2, 3, 1).reshape(-1, num_classes)
+    tgt = target.reshape(-1)
+    losses = []
+    for c in range(num_classes):
+        fg = (tgt == c).float()
+        if fg.sum() == 0:
+            continue
+        err = (fg - prob[:, c]).abs()
+        err_sorted, order = torch.sort(err, descending=True)
+        fg_sorted = fg[order]
+        # gradient of the Lovász extension of the Jaccard loss at the sorted errors
+        inter = fg_sorted.sum() - fg_sorted.cumsum(0)
+        union = fg_sorted.sum() + (1 - fg_sorted).cumsum(0)
+        jac = 1 - inter / union
+        grad = torch.cat([jac[:1], jac[1:] - jac[:-1]])
+        losses.append(torch.dot(err_sorted, grad))
+    return torch.stack(losses).mean() if losses else logits.sum() * 0
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """1 - mean soft Dice over the classes present in the batch (prediction or truth)."""
     prob = logits.softmax(1)
@@ -432,7 +460,11 @@ class MaskAETask(ParserTask):
         logits = model(F.one_hot(inp, NUM_CLASSES).permute(0, 3, 1, 2).float())
         ce = F.cross_entropy(logits, tgt, weight=torch.from_numpy(self.weights).float())
         dice = soft_dice_loss(logits, tgt, NUM_CLASSES)
-        return ce + self.dice_weight * dice, {"ce": ce.item(), "dice": dice.item()}
+        loss, logs = ce + self.dice_weight * dice, {"ce": ce.item(), "dice": dice.item()}
+        if self.opts.lovasz_weight:
+            lov = lovasz_softmax_loss(logits, tgt, NUM_CLASSES)
+            loss, logs = loss + self.opts.lovasz_weight * lov, {**logs, "lovasz": lov.item()}
+        return loss, logs
 
     def validate(self, model, val):
         from ..eval.perception import eval_mask_ae

@@ -133,6 +133,8 @@ def _calibrate_mask_ae(args) -> int:
     _, cfg = load_checkpoint(src, expect_kind="mask_ae")
     data = open_data(args.data, limit=args.num)
     n = min(args.num, len(data))
+    if n == 0:
+        raise UserError(f"no masks in {args.data}")
     masks = np.concatenate([np.asarray(data.batch(np.arange(i, min(n, i + 64)))["mask"]) for i in range(0, n, 64)])
     fit = fit_output_bias(collect_logits(model, masks), masks)
     before = eval_mask_ae(model, open_data(args.val), limit=args.val_limit) if args.val else None
@@ -140,7 +142,7 @@ def _calibrate_mask_ae(args) -> int:
     record = {"bias": [round(b, 4) for b in fit.bias], "data": str(args.data), "num": n,
               "train_miou_before": round(fit.miou_before, 4), "train_miou_after": round(fit.miou_after, 4),
               "rounds": len(fit.history) - 1}
-    val = dict(cfg.get("val") or {})
+    val = {}  # the input's validation figures no longer hold; only what is measured here is written
     if args.val:
         after = eval_mask_ae(model, open_data(args.val), limit=args.val_limit)
         record["val_miou_before"] = round(before["miou"], 4)

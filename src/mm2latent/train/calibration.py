@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.palette import NUM_CLASSES
+from ..common.progress import progress
 from ..eval.perception import confusion_matrix, mean_iou
 
 
@@ -69,9 +70,11 @@ def fit_output_bias(logits: torch.Tensor, masks: np.ndarray | torch.Tensor, limi
     bias = torch.zeros(c)
     before = best = score(bias)
     history = [{"round": 0, "miou": before, "active_pixel_share": float(active.float().mean())}]
+    bar = progress(total=rounds * c, desc="calibrate offsets")
     for r in range(1, rounds + 1):
         start = best
         for k in range(c):
+            bar.update(1)
             keep = float(bias[k])
             for v in grid:
                 bias[k] = float(v)
@@ -82,4 +85,5 @@ def fit_output_bias(logits: torch.Tensor, masks: np.ndarray | torch.Tensor, limi
         history.append({"round": r, "miou": best, "bias": [round(float(v), 4) for v in bias]})
         if best <= start + 1e-9:
             break
+    bar.close()
     return BiasFit(bias=[float(v) for v in bias], miou_before=before, miou_after=best, history=history)

@@ -114,12 +114,11 @@ def _calibrate_mask_ae(args) -> int:
     import numpy as np
     import torch
 
-    from ..common.checkpoint import load_checkpoint
     from ..common.fileio import check_output_file
     from ..eval.perception import eval_mask_ae
-    from ..perception import load_module_file, save_module
+    from ..perception import save_module
     from ..train.calibration import collect_logits, fit_output_bias
-    from ..train.perception import open_data
+    from ..train.perception import load_init_weights, open_data
 
     src, out = Path(args.weights), Path(args.out)
     if out.suffix != ".safetensors":
@@ -129,27 +128,26 @@ def _calibrate_mask_ae(args) -> int:
     check_output_file(out)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_module_file(src, "mask_ae")
-    _, cfg = load_checkpoint(src, expect_kind="mask_ae")
+    model, trained = load_init_weights(src, "mask_ae")
     data = open_data(args.data, limit=args.num)
     n = min(args.num, len(data))
     if n == 0:
         raise UserError(f"no masks in {args.data}")
     masks = np.concatenate([np.asarray(data.batch(np.arange(i, min(n, i + 64)))["mask"]) for i in range(0, n, 64)])
     fit = fit_output_bias(collect_logits(model, masks), masks)
-    before = eval_mask_ae(model, open_data(args.val), limit=args.val_limit) if args.val else None
+    val_data = open_data(args.val) if args.val else None
+    before = eval_mask_ae(model, val_data, limit=args.val_limit) if val_data is not None else None
     model.shift_output_logits(fit.bias)
     record = {"bias": [round(b, 4) for b in fit.bias], "data": str(args.data), "num": n,
               "train_miou_before": round(fit.miou_before, 4), "train_miou_after": round(fit.miou_after, 4),
               "rounds": len(fit.history) - 1}
     val = {}  # the input's validation figures no longer hold; only what is measured here is written
-    if args.val:
-        after = eval_mask_ae(model, open_data(args.val), limit=args.val_limit)
+    if val_data is not None:
+        after = eval_mask_ae(model, val_data, limit=args.val_limit)
         record["val_miou_before"] = round(before["miou"], 4)
         val = {"miou": after["miou"], **{f"miou_{k}": v for k, v in after["perturbed_miou"].items()}}
         record["val_miou_after"] = round(after["miou"], 4)
-    trained = dict(cfg.get("trained") or {}, output_calibration=record)
-    save_module(model, out, half=True, extra={"trained": trained, "val": val})
+    save_module(model, out, half=True, extra={"trained": dict(trained, output_calibration=record), "val": val})
     print(json.dumps(record, indent=2))
     return 0
 

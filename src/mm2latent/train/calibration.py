@@ -55,7 +55,7 @@ def fit_output_bias(logits: torch.Tensor, masks: np.ndarray | torch.Tensor, limi
     """Per-class logit offsets in [-limit, limit] (multiples of ``step``) that maximise the
     dataset-level mIoU of ``argmax(logits + bias)`` against ``masks``: coordinate ascent, each
     round trying every grid value for each class in turn; stops early when a round gains nothing."""
-    n, c = logits.shape[:2]
+    c = logits.shape[1]
     truth = torch.as_tensor(np.asarray(masks), dtype=torch.long).reshape(-1)
     flat = logits.permute(0, 2, 3, 1).reshape(-1, c)
     top2 = flat.float().topk(2, dim=1).values

@@ -27,7 +27,7 @@ from mm2latent.common.palette import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from mm2latent.common.fileio import write_text_atomic  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from mm2latent.perception import load_module_file  # noqa: E402
-from mm2latent.train.perception import open_data  # noqa: E402
+from mm2latent.train.perception import open_data, read_masks  # noqa: E402
 
 
 def near_boundary(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -74,8 +74,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     data = open_data(a.data, limit=a.num)
     n = min(a.num, len(data))
-    masks = torch.cat([torch.as_tensor(np.asarray(data.batch(np.arange(i, min(n, i + 64)))["mask"])).long()
-                       for i in range(0, n, 64)])
+    masks = torch.from_numpy(read_masks(data, n))
     report = {"data": a.data, "num": n,
               "results": {w: error_structure(load_module_file(w, "mask_ae").eval(), masks) for w in a.weights}}
     print(json.dumps(report, indent=1))

@@ -111,14 +111,13 @@ def _parse(args) -> int:
 
 
 def _calibrate_mask_ae(args) -> int:
-    import numpy as np
     import torch
 
     from ..common.fileio import check_output_file
     from ..eval.perception import eval_mask_ae
     from ..perception import save_module
     from ..train.calibration import collect_logits, fit_output_bias
-    from ..train.perception import load_init_weights, open_data
+    from ..train.perception import load_init_weights, open_data, read_masks
 
     src, out = Path(args.weights), Path(args.out)
     if out.suffix != ".safetensors":
@@ -133,7 +132,7 @@ def _calibrate_mask_ae(args) -> int:
     n = min(args.num, len(data))
     if n == 0:
         raise UserError(f"no masks in {args.data}")
-    masks = np.concatenate([np.asarray(data.batch(np.arange(i, min(n, i + 64)))["mask"]) for i in range(0, n, 64)])
+    masks = read_masks(data, n)
     fit = fit_output_bias(collect_logits(model, masks), masks)
     val_data = open_data(args.val) if args.val else None
     before = eval_mask_ae(model, val_data, limit=args.val_limit) if val_data is not None else None

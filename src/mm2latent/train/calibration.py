@@ -1,8 +1,8 @@
 """Per-class output-bias calibration of a trained mask autoencoder.
 
-Why: the mask AE trains with class-weighted cross-entropy (weights ``freq ** -0.5``) so that parts
+Why: by default the mask AE trains with class-weighted cross-entropy (weights ``freq ** -0.5``) so that parts
 1-3 px wide learn at all. The price is a systematic over-draw of every small class along its
-boundary: on validation masks the shipped AE's false positives outnumber its misses 4-6x for
+boundary: on validation masks the stop-23 AE's false positives outnumbered its misses 4-6x for
 brows, eyes, lips and earrings. IoU counts both, so adding one constant per class to the output
 logits, chosen to maximise mIoU on *training* masks, removes that bias. Only the decoder's last
 bias changes: the encoder, its 512-d code and everything trained on the code (MappingNet) stay

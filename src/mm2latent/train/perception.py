@@ -347,15 +347,20 @@ class Task:
         raise NotImplementedError
 
 
+def read_masks(data, n: int) -> np.ndarray:
+    """The first ``n`` index masks (n, S, S) int64 of a dataset from :func:`open_data`: straight
+    from a cache's mask array (no images decoded), else batch by batch."""
+    if hasattr(data, "masks"):
+        return np.asarray(data.masks[:n], dtype=np.int64)
+    return np.concatenate([data.batch(np.arange(a, min(n, a + 64)))["mask"].numpy() for a in range(0, n, 64)])
+
+
 def class_weights(data, num_classes: int = NUM_CLASSES, max_samples: int = 512, power: float = 0.5) -> np.ndarray:
     """Per-class weights freq ** -power (inverse square root by default),
     normalised so that the average pixel weighs 1, capped at 50: small parts such
     as eyes and earrings get gradient from the first steps instead of after thousands."""
     n = min(len(data), max_samples if hasattr(data, "masks") else 64)
-    counts = np.zeros(num_classes)
-    for a in range(0, n, 64):
-        m = data.batch(np.arange(a, min(n, a + 64)))["mask"].numpy()
-        counts += np.bincount(m.ravel(), minlength=num_classes)[:num_classes]
+    counts = np.bincount(read_masks(data, n).ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
     freq = counts / max(1, counts.sum())
     w = (freq + 1e-4) ** -power
     w = w / (w * freq).sum()

@@ -149,3 +149,45 @@ def test_train_clip_cli_rejects_bad_config(cache, tmp_path, capsys):
     assert main(base + ["--config", '{"vision_patchsize": 8}']) != 0
     assert "unknown CLIP config fields: vision_patchsize" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+def test_attribute_head_from_init_learns_and_resumes_exactly(cache, tmp_path):
+    """--init starts from an exported CLIP (its config and weights); --attr-weight trains one
+    attribute head shared by both towers (renderer attributes for images, stated facts for
+    captions): it learns, is part of the exact-resume state, and is not exported."""
+    from mm2latent.models.clip import load_clip, save_clip
+    from mm2latent.train.clip import fact_targets
+
+    value, mask = fact_targets([{"Smiling": True, "Eyeglasses": False}, {}])
+    from mm2latent.world.attributes import ATTRIBUTES
+
+    j, k = ATTRIBUTES.index("Smiling"), ATTRIBUTES.index("Eyeglasses")
+    assert mask[0].sum() == 2 and mask[1].sum() == 0 and value[0, j] == 1 and value[0, k] == 0
+    base = train_clip(_opts(cache, tmp_path / "base", 2))
+    save_clip(base.model, tmp_path / "init")
+
+    def opts(out, steps):
+        o = CLIPTrainOptions(data=str(cache), out=str(out), steps=steps, batch=16, lr=3e-3, warmup=2, ckpt_every=3,
+                             config="world_small", init=str(tmp_path / "init.safetensors"), attr_weight=1.0)
+        return o
+
+    from mm2latent.train.clip import CLIPTrainer
+
+    started = CLIPTrainer(opts(tmp_path / "s", 1))  # before any step: the init weights as they are
+    for (k_, a), (_, b) in zip(base.model.state_dict().items(), started.model.state_dict().items()):
+        assert torch.equal(a, b), k_
+    full = train_clip(opts(tmp_path / "full", 30), export=str(tmp_path / "exp"))
+    import json
+
+    rec = [json.loads(l) for l in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert all("attr_img" in r and "attr_txt" in r for r in rec)
+    assert rec[-1]["attr_img"] < rec[0]["attr_img"] - 0.1
+    exported = load_clip(tmp_path / "exp.safetensors")
+    assert exported.config.to_dict() == base.model.config.to_dict()  # the init's config, not world_small
+    assert not any("attr_head" in n for n in exported.state_dict())
+    train_clip(opts(tmp_path / "part", 30), stop_at=4)
+    resumed = train_clip(opts(tmp_path / "part", 30), resume=True)
+    for (k_, a), (_, b) in zip(full.attr_head.state_dict().items(), resumed.attr_head.state_dict().items()):
+        assert torch.equal(a, b), k_
+    for (k_, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), k_

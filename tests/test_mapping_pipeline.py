@@ -166,6 +166,37 @@ def test_reembed_recomputes_control_embeddings_only(weights, mdata, tmp_path, ca
         assert err.startswith("mm2latent: error:") and "\n" not in err
 
 
+def test_reembed_with_a_new_encoder_resynthesises_image_embeddings(weights, mdata, tmp_path, capsys):
+    """mapping-reembed --encoder: the stored w synthesised again reproduce the stored image
+    embeddings with the encoder the data was made with; another encoder changes image_emb only."""
+    from mm2latent.models.clip import load_clip, save_clip
+
+    same = tmp_path / "same"
+    assert main(["mapping-reembed", str(mdata), "--out", str(same), "--encoder", str(weights / "encoder.safetensors"),
+                 "--generator", str(weights / "generator.safetensors")]) == 0
+    a, b = load_mapping_data(mdata), load_mapping_data(same)
+    assert np.allclose(a["image_emb"].astype(np.float32), b["image_emb"].astype(np.float32), atol=2e-3)
+    other = load_clip(weights / "encoder.safetensors")
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for p_ in other.visual.parameters():
+            p_.add_(0.2 * torch.randn_like(p_))
+    save_clip(other, tmp_path / "enc2")
+    out = tmp_path / "re"
+    assert main(["mapping-reembed", str(mdata), "--out", str(out), "--encoder", str(tmp_path / "enc2.safetensors"),
+                 "--generator", str(weights / "generator.safetensors")]) == 0
+    c = load_mapping_data(out)
+    assert np.abs(c["image_emb"].astype(np.float32) - a["image_emb"].astype(np.float32)).max() > 0.05
+    assert np.allclose(np.linalg.norm(c["image_emb"].astype(np.float32), axis=1), 1, atol=1e-2)
+    for k in a:
+        if k != "image_emb":
+            assert np.array_equal(a[k], c[k]), k
+    capsys.readouterr()
+    assert main(["mapping-reembed", str(mdata), "--out", str(tmp_path / "z"), "--generator",
+                 str(weights / "generator.safetensors"), "--mask-ae", str(weights / "mask_ae.safetensors")]) == 2
+    assert "--generator is only used with --encoder" in capsys.readouterr().err
+
+
 def test_mapping_training_learns_and_resumes_exactly(mdata, tmp_path):
     data = load_mapping_data(mdata)
     o = dict(data=str(mdata), batch=16, text_noise_std=0.05, ckpt_minutes=1e-9)

@@ -23,6 +23,11 @@ def add_train_clip(train_sub) -> None:
                         "e.g. '{\"vision_patch_size\": 8}'")
     p.add_argument("--hard-negatives", action="store_true",
                    help="add one caption of the same face with one stated attribute flipped as an extra negative")
+    p.add_argument("--attr-weight", type=float, default=0.0,
+                   help="weight of a linear attribute head shared by both towers (image: the renderer's attributes; "
+                        "caption: the facts it states), so thin attributes reach the embeddings")
+    p.add_argument("--init", default=None, metavar="CLIP",
+                   help="start from this exported CLIP (weights and config; --config is then ignored)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export", default=None, help="write the final model (fp16 safetensors+json) here")
     p.set_defaults(func=_train_clip)
@@ -33,6 +38,8 @@ def _train_clip(a) -> int:
 
     if a.steps <= 0 or a.batch < 2:
         raise UserError("--steps must be positive and --batch at least 2")
+    if a.attr_weight < 0:
+        raise UserError("--attr-weight must be >= 0")
     config = a.config
     if config.lstrip().startswith("{"):
         try:
@@ -41,7 +48,7 @@ def _train_clip(a) -> int:
             raise UserError(f"--config is not valid JSON: {e}") from None
     opts = CLIPTrainOptions(data=a.data, out=a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
                             minutes=a.minutes, ckpt_every=a.ckpt_every, config=config,
-                            hard_negatives=a.hard_negatives)
+                            hard_negatives=a.hard_negatives, attr_weight=a.attr_weight, init=a.init)
     train_clip(opts, resume=a.resume, export=a.export)
     return 0
 

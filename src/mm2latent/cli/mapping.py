@@ -141,13 +141,19 @@ def _mapping_guidance(a) -> int:
 def register_reembed(sub) -> None:
     p = sub.add_parser("mapping-reembed", help="copy MappingNet data with control embeddings from new autoencoders",
                        description="Recompute the mask/sketch/coefficient embeddings of 'mm2latent mapping-data' "
-                       "output from the stored controls with new autoencoder weights (no generator pass); the "
+                       "output from the stored controls with new autoencoder weights (no generator pass), or the image "
+                       "embeddings with a new text/image encoder (the stored w synthesised again); the "
                        "source directory is left untouched. Resumable.")
     p.add_argument("data", metavar="DATA_DIR")
     p.add_argument("--out", required=True, metavar="NEW_DATA_DIR")
     p.add_argument("--mask-ae", default=None, metavar="WEIGHTS")
     p.add_argument("--sketch-ae", default=None, metavar="WEIGHTS")
     p.add_argument("--coeff-ae", default=None, metavar="WEIGHTS")
+    p.add_argument("--encoder", default=None, metavar="CLIP",
+                   help="a new text/image encoder: image embeddings are recomputed from the stored w "
+                        "(synthesised again by --generator)")
+    p.add_argument("--generator", default=None, metavar="WEIGHTS",
+                   help="generator the data was made with (default: the shipped one); only with --encoder")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=_mapping_reembed)
 
@@ -157,10 +163,15 @@ def _mapping_reembed(a) -> int:
     from ..train.mapping_data import reembed_mapping_data
 
     _threads(a.threads)
-    enc = {c: p for c, p in (("mask", a.mask_ae), ("sketch", a.sketch_ae), ("coeffs", a.coeff_ae)) if p}
+    enc = {c: p for c, p in (("mask", a.mask_ae), ("sketch", a.sketch_ae), ("coeffs", a.coeff_ae),
+                             ("image", a.encoder)) if p}
     for p in enc.values():
         check_input_file(p)
-    out = reembed_mapping_data(a.data, a.out, enc)
+    if a.generator:
+        if not a.encoder:
+            raise UserError("--generator is only used with --encoder")
+        check_input_file(a.generator)
+    out = reembed_mapping_data(a.data, a.out, enc, generator=a.generator)
     print(f"re-embedded {', '.join(enc)} into {out}")
     return 0
 

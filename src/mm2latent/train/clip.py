@@ -15,6 +15,19 @@ written by the world's caption grammar and checked to state the flipped fact;
 it is an extra negative in the image->text softmax (NegCLIP, Yuksekgonul et
 al. 2023). Attribute-level and negation sensitivity is what MappingNet needs
 from the text embedding.
+
+``attr_weight``: contrastive training alone left thin, few-pixel attributes
+(eyeglasses, smiles, an open mouth) out of the image embedding altogether (a
+linear probe reads them at chance), so neither MappingNet's pseudo-text nor
+the text tower can carry them. With this option one linear attribute head,
+*shared* by both towers, reads every unit embedding: binary cross-entropy
+against the renderer's attributes for images and against the facts a
+caption states (asserted or negated; the rest are masked out) for captions.
+Sharing the head asks both towers to put an attribute along the same
+direction, which is the part of the image-text gap MappingNet cares about.
+The head is training state only; exports carry the CLIP model alone.
+``init`` starts from an exported CLIP (its config, weights) instead of
+random weights, for a further cycle on the same data.
 """
 
 from __future__ import annotations
@@ -54,6 +67,8 @@ class CLIPTrainOptions:
     minutes: float | None = None   # stop (with a checkpoint) after this much wall time
     config: str | dict = "world_small"   # a CLIPConfig preset name, or fields overriding world_small
     hard_negatives: bool = False         # add one attribute-flipped caption per image as a negative
+    attr_weight: float = 0.0             # shared attribute head on image and text embeddings (see module doc)
+    init: str | None = None              # start from this exported CLIP (weights and config)
 
 
 def eot_lengths(tokens: torch.Tensor) -> torch.Tensor:
@@ -75,17 +90,26 @@ class CLIPTrainer:
         self.o = opts
         self.data = CachedWorldDataset(opts.data)
         torch.manual_seed(opts.seed)
-        self.model = CLIP(clip_config(opts.config))
+        if opts.init:
+            from ..models.clip import load_clip
+
+            self.model = load_clip(opts.init)
+        else:
+            self.model = CLIP(clip_config(opts.config))
         self.model.train()
+        self.attr_head = torch.nn.Linear(self.model.config.embed_dim, len(ATTRIBUTES)) if opts.attr_weight > 0 else None
         decay, no_decay = [], []
-        for n, p in self.model.named_parameters():
+        params = list(self.model.named_parameters())
+        if self.attr_head is not None:
+            params += [(f"attr_head.{n}", p) for n, p in self.attr_head.named_parameters()]
+        for n, p in params:
             (decay if p.ndim >= 2 and "embedding" not in n else no_decay).append(p)
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
         self.step = 0
         self.rng = np.random.default_rng(opts.seed)
         self.tokens, self.lengths = self._tokenize_all()
-        if opts.hard_negatives:
+        if opts.hard_negatives or self.attr_head is not None:
             self.facts = [[stated_facts(c) for c in row]
                           for row in progress(self.data.captions, desc="caption facts", unit="image")]
 
@@ -101,6 +125,8 @@ class CLIPTrainer:
         return out.view(n, c, -1), eot_lengths(out).view(n, c)
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and caption tokens (then the hard negatives' tokens, if on); the attribute
+        head's targets for this batch are left in ``self.targets``."""
         idx = self.rng.choice(len(self.data), self.o.batch, replace=False)
         cap = self.rng.integers(0, self.tokens.shape[1], self.o.batch)
         b = self.data.batch(idx)
@@ -108,6 +134,9 @@ class CLIPTrainer:
         idx_sorted, cap_sorted = idx[order], cap[order]
         toks = self.tokens[idx_sorted, cap_sorted]
         L = int(self.lengths[idx_sorted, cap_sorted].max())
+        if self.attr_head is not None:
+            self.targets = (b["attributes"], *fact_targets([self.facts[i][c] for i, c in
+                                                            zip(idx_sorted.tolist(), cap_sorted.tolist())]))
         if not self.o.hard_negatives:
             return b["image"], toks[:, :L].long()
         negs = [flipped_caption(self.data.attributes[i], self.facts[i][c], self.rng)
@@ -128,14 +157,26 @@ class CLIPTrainer:
         logits = logits_i2t[:, :n]
         target = torch.arange(n)
         loss = 0.5 * (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits.t(), target))
+        extra = {}
+        if self.attr_head is not None:
+            attrs, fact_value, fact_mask = self.targets
+            scale_in = math.sqrt(img.shape[1])  # unit vectors -> entries of order one
+            l_img = F.binary_cross_entropy_with_logits(self.attr_head(img * scale_in), attrs)
+            per = F.binary_cross_entropy_with_logits(self.attr_head(txt[:n] * scale_in), fact_value, reduction="none")
+            l_txt = (per * fact_mask).sum() / fact_mask.sum().clamp(min=1)
+            extra = {"attr_img": l_img.item(), "attr_txt": l_txt.item()}
+            loss_total = loss + self.o.attr_weight * (l_img + l_txt)
+        else:
+            loss_total = loss
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        loss_total.backward()
+        params = list(self.model.parameters()) + (list(self.attr_head.parameters()) if self.attr_head is not None else [])
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.opt.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
             acc = (logits.argmax(1) == target).float().mean().item()
-            out = {"loss": loss.item(), "acc": acc, "scale": scale.item()}
+            out = {"loss": loss.item(), "acc": acc, "scale": scale.item(), **extra}
             if len(txt) > n:  # how often the true caption beats its own flipped version
                 own = logits_i2t.diagonal()
                 out["neg_acc"] = (own > logits_i2t[:, n:].diagonal()).float().mean().item()
@@ -145,6 +186,8 @@ class CLIPTrainer:
     # -- state ----------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = st.module_tensors("model", self.model)
+        if self.attr_head is not None:
+            tensors.update(st.module_tensors("attr_head", self.attr_head))
         ot, ometa = st.flatten_optimizer(self.opt, "opt")
         tensors.update(ot)
         tensors.update({f"rng.{k}": v for k, v in st.rng_state_tensors().items()})
@@ -155,6 +198,8 @@ class CLIPTrainer:
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         st.load_module_tensors("model", self.model, tensors)
+        if self.attr_head is not None:
+            st.load_module_tensors("attr_head", self.attr_head, tensors)
         st.unflatten_optimizer(self.opt, "opt", tensors, meta["optimizer"])
         st.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
         self.rng.bit_generator.state = meta["data_rng"]
@@ -175,6 +220,19 @@ def clip_config(spec: str | dict) -> CLIPConfig:
 
 
 _EXCLUSIVE_GROUPS = (HAIR_COLOURS, HAIR_TEXTURES)
+
+
+def fact_targets(facts: list[dict[str, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, A) target values and (B, A) mask of the attributes each caption states."""
+    value = torch.zeros(len(facts), len(ATTRIBUTES))
+    mask = torch.zeros(len(facts), len(ATTRIBUTES))
+    col = {a: j for j, a in enumerate(ATTRIBUTES)}
+    for i, f in enumerate(facts):
+        for a, v in f.items():
+            if a in col:
+                value[i, col[a]] = float(v)
+                mask[i, col[a]] = 1.0
+    return value, mask
 
 
 def flipped_caption(attrs: np.ndarray, facts: dict[str, bool], rng: np.random.Generator, tries: int = 12) -> str:
@@ -213,6 +271,10 @@ def train_clip(opts: CLIPTrainOptions, resume: bool = False, export: str | None 
     """Train (or resume) a run. ``stop_at`` ends this invocation early at that step, as an
     interruption would (the schedule still follows ``opts.steps``)."""
     clip_config(opts.config)  # a bad config is refused before anything is written
+    if opts.init:
+        from ..common.fileio import check_input_file
+
+        check_input_file(opts.init)
     run = Path(opts.out)
     if run.exists() and any(run.iterdir()) and not resume:
         raise UserError(f"run directory {run} is not empty; pass --resume to continue it")

@@ -171,26 +171,39 @@ REEMBEDDABLE = {"mask": ("mask", "mask_emb", "mask_ae"), "sketch": ("sketch", "s
 
 @torch.no_grad()
 def reembed_mapping_data(data: str | os.PathLike, out: str | os.PathLike, encoders: dict[str, str],
-                         batch: int = 256) -> Path:
+                         batch: int = 256, generator: str | os.PathLike | None = None) -> Path:
     """A copy of MappingNet data ``data`` in ``out`` with the embeddings of the given controls
     recomputed by new autoencoders (``encoders``: control -> weights file), read from the stored
     controls (the parser mask, the sketch, the coefficients of each G(w)). A new spatial
-    autoencoder then needs no generator pass. ``data`` is never modified; chunks are written
+    autoencoder then needs no generator pass. ``encoders["image"]``, a new text/image encoder,
+    recomputes ``image_emb``: the stored w are synthesised again exactly as
+    :func:`make_chunk` did (constant noise) by ``generator`` (a generator weights file; the
+    default is the shipped one, which must be the generator the data was made with), and the
+    new image tower embeds those images. ``data`` is never modified; chunks are written
     atomically and skipped when present, so an interrupted run resumes."""
     from ..perception import load_module_file
     from ..pipeline.controls import resize_labels, resize_sketch
 
     data, out = Path(data), Path(out)
     if not encoders:
-        raise UserError("say which embeddings to recompute (--mask-ae, --sketch-ae or --coeff-ae)")
+        raise UserError("say which embeddings to recompute (--mask-ae, --sketch-ae, --coeff-ae or --encoder)")
     if data.resolve() == out.resolve():
         raise UserError("--out must differ from the source data (the source is never modified)")
     meta, n_chunks = complete_data_meta(data)
     models = {}
     for control, path in encoders.items():
+        if control == "image":
+            continue
         if control not in REEMBEDDABLE:
-            raise UserError(f"cannot re-embed {control!r}; choose from {', '.join(REEMBEDDABLE)}")
+            raise UserError(f"cannot re-embed {control!r}; choose from {', '.join(REEMBEDDABLE)} or image")
         models[control] = load_module_file(path, REEMBEDDABLE[control][2]).eval()
+    image_models = None
+    if "image" in encoders:
+        from ..models.clip import load_clip
+        from ..models.stylegan2 import load_generator
+
+        gen_path = generator or Path(__file__).resolve().parents[1] / "weights" / "generator.safetensors"
+        image_models = (load_generator(gen_path).eval(), load_clip(encoders["image"]).eval())
     out.mkdir(parents=True, exist_ok=True)
     new_meta = {**meta, "reembedded": {**meta.get("reembedded", {}), **{c: str(p) for c, p in encoders.items()}},
                 "reembedded_from": str(data)}
@@ -212,9 +225,23 @@ def reembed_mapping_data(data: str | os.PathLike, out: str | os.PathLike, encode
                     xb = resize_sketch(xb.float()[:, None], model.config.size)
                 embs.append(model.encode(xb.float() if control == "coeffs" else xb).numpy())
             arrays[dst] = np.concatenate(embs).astype(arrays[dst].dtype)
+        if image_models is not None:
+            arrays["image_emb"] = resynthesised_image_embeddings(*image_models, arrays["w"]).astype(
+                arrays["image_emb"].dtype)
         with atomic_path(out / f"chunk-{k:05d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         bar.update(1)
     bar.close()
     return out
+
+
+@torch.no_grad()
+def resynthesised_image_embeddings(G, encoder, w: np.ndarray, batch: int = 32) -> np.ndarray:
+    """Image embeddings of G.synthesis(w) with constant noise, as :func:`make_chunk` computes them."""
+    embs = []
+    for a in range(0, len(w), batch):
+        wb = torch.from_numpy(np.ascontiguousarray(w[a:a + batch])).float()
+        x = G.synthesis(G.broadcast(wb), noise_mode="const")
+        embs.append(encoder.encode_image(x.float()).numpy())
+    return np.concatenate(embs)

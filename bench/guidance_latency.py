@@ -17,21 +17,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.eval.pipeline import latency  # noqa: E402
-from mm2latent.pipeline import Pipeline  # noqa: E402
+from pipeline_args import parse_with_pipeline  # noqa: E402
 
 MASK = Path(__file__).resolve().parents[1] / "examples" / "mask_long_hair.png"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", default=None)
     ap.add_argument("--rounds", type=int, default=2, help="alternations of off/on")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    pipe = Pipeline.from_pretrained(a.weights)
+    a, pipe = parse_with_pipeline(ap)
     shipped = pipe.text_guidance
     runs = {"off": [], "on": []}
     for _ in range(a.rounds):

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from ablation_mapping import evaluate  # noqa: E402
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.eval.pipeline import render_test  # noqa: E402
-from mm2latent.pipeline import Pipeline  # noqa: E402
+from pipeline_args import parse_with_pipeline  # noqa: E402
 from mm2latent.train.mapping_data import load_mapping_data  # noqa: E402
 
 
@@ -45,18 +45,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="MappingNet data (image embeddings of the training renders)")
     ap.add_argument("--captions", required=True, help="world cache whose captions.json gives unpaired captions")
-    ap.add_argument("--weights", default=None)
     ap.add_argument("--num", type=int, default=200)
     ap.add_argument("--num-captions", type=int, default=3000)
     ap.add_argument("--bank", type=int, default=4096)
     ap.add_argument("--shifts", default="0.5,1.0")
     ap.add_argument("--taus", default="0.02,0.05")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    pipe = Pipeline.from_pretrained(a.weights)
+    a, pipe = parse_with_pipeline(ap)
     emb = F.normalize(torch.from_numpy(np.asarray(load_mapping_data(a.data, ("image_emb",))["image_emb"], np.float32)),
                       dim=-1)
     mu_i = emb.mean(0)

@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from mm2latent.common.fileio import write_text_atomic  # noqa: E402
 from mm2latent.eval.generator import reconstruct  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
-from mm2latent.pipeline import Pipeline  # noqa: E402
+from pipeline_args import parse_with_pipeline  # noqa: E402
 
 
 @torch.no_grad()
@@ -69,15 +70,9 @@ def generated(pipe, data: dict, use: dict, seed: int = 0, batch: int = 25) -> to
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", default=None, help="weights directory (default: the shipped weights)")
     ap.add_argument("--num", type=int, default=200)
     ap.add_argument("--split", default="test", choices=("test", "val"))
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    pipe = Pipeline.from_pretrained(a.weights)
+    a, pipe = parse_with_pipeline(ap)
     data = render_test(a.num, pipe.resolution, a.split)
     c = pipe.controls
     img_emb = torch.cat([c.embed_image(data["image"][i:i + 50]) for i in range(0, a.num, 50)])
@@ -106,10 +101,8 @@ def main() -> None:
         report["rows"][name] = row
         print(f"{name:55s} in-grammar facts {row['in_grammar']['accuracy']:.3f}  held-out facts "
               f"{row['heldout_grammar_facts']['accuracy']:.3f}", flush=True)
-    text = json.dumps(report, indent=1)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+        write_text_atomic(a.out, json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: round(v["in_grammar"]["accuracy"], 3) for k, v in report["rows"].items()}, indent=1))
 
 

@@ -26,7 +26,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
@@ -38,20 +37,14 @@ from pipeline_args import parse_with_pipeline  # noqa: E402
 
 @torch.no_grad()
 def judge(pipe, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
-    return torch.cat([pipe.controls.derive(images[i:i + batch])["attributes"] for i in range(0, len(images), batch)])
+    return torch.cat([pipe.controls.attribute_probs(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
 @torch.no_grad()
 def wplus_reconstruct(pipe, images: torch.Tensor, batch: int = 50) -> torch.Tensor:
-    inv = pipe.wplus_inverter
-    size = inv.config.encoder["size"]
-    out = []
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        if size != x.shape[-1]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        out.append(pipe.G.synthesis(inv(x)[0], noise_mode="const").clamp(-1, 1))
-    return torch.cat(out)
+    """The W+ inverter's one pass (as ``pipe.invert`` without refinement), batched."""
+    return torch.cat([pipe.G.synthesis(pipe.one_pass_codes(images[i:i + batch], "wplus")[0], noise_mode="const")
+                      .clamp(-1, 1) for i in range(0, len(images), batch)])
 
 
 @torch.no_grad()
@@ -89,7 +82,7 @@ def main() -> None:
     }
     report = {"num": a.num, "split": a.split, "weights": a.weights or "shipped", "text_guidance": pipe.text_guidance,
               "guidance_from_layer": pipe.guidance_from_layer, "rows": {}}
-    held = {"MappingNet, caption text": "caption_heldout", "MappingNet, caption text + mask": "caption_heldout"}
+    held = {"MappingNet, caption text", "MappingNet, caption text + mask"}
     for name, images in rows.items():
         probs = judge(pipe, images)
         row = {"in_grammar": fact_accuracy(probs, data["facts"]),

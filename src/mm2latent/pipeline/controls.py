@@ -68,6 +68,11 @@ class ControlEncoders:
     # ------------------------------------------------------------------ reading controls off images
 
     @torch.no_grad()
+    def attribute_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> the analyzer's attribute probabilities (B, A) alone."""
+        return torch.sigmoid(self.analyzer(resize_images(images.float(), self.analyzer.config.size))[0])
+
+    @torch.no_grad()
     def derive(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, S, S) in [-1, 1] -> mask (B, M, M) long, sketch (B, 1, K, K), coeffs (B, 13) in
         normalised units, attributes (B, A) probabilities, image_emb (B, D) unit vectors."""

@@ -111,6 +111,15 @@ class EditingMixin:
             raise UserError("these weights have no image_encoder (image_encoder.safetensors); editing needs one")
         return self.image_encoder, "w"
 
+    @torch.no_grad()
+    def one_pass_codes(self, x: torch.Tensor, inverter: str = "auto") -> tuple[torch.Tensor, str]:
+        """Aligned images (B, 3, R, R) in [-1, 1] -> their W+ codes (B, L, D) from the one-pass
+        inverter, and which inverter gave them ("wplus" or "w")."""
+        enc, method = self._need_inverter(inverter)
+        size = enc.config.encoder["size"] if method == "wplus" else enc.config.size
+        xe = x if size == x.shape[-1] else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return (enc(xe)[0] if method == "wplus" else self.G.broadcast(self.G.mapping(enc(xe)[0]))), method
+
     def invert(self, image: Any, refine_steps: int = 0, lr: float = 0.02, reg: float = 0.01,
                inverter: str = "auto", tune_steps: int = 0, tune_lr: float = 3e-4,
                feature_weight: float = FEATURE_WEIGHT) -> Inversion:
@@ -120,14 +129,9 @@ class EditingMixin:
             raise UserError("refine steps must lie in 0..5000")
         if tune_steps < 0 or tune_steps > 5000:
             raise UserError("tune steps must lie in 0..5000")
-        enc, method = self._need_inverter(inverter)
-        size = enc.config.encoder["size"] if method == "wplus" else enc.config.size
         x, note = align_photo(image, self.resolution)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            xe = x if size == self.resolution else F.interpolate(x, size=(size, size), mode="bilinear",
-                                                                   align_corners=False)
-            w0 = enc(xe)[0] if method == "wplus" else self.G.broadcast(self.G.mapping(enc(xe)[0]))
+        w0, method = self.one_pass_codes(x, inverter)
         ws = w0.clone()
         hist = []
         if refine_steps:

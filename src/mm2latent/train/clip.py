@@ -102,6 +102,7 @@ class CLIPTrainer:
         params = list(self.model.named_parameters())
         if self.attr_head is not None:
             params += [(f"attr_head.{n}", p) for n, p in self.attr_head.named_parameters()]
+        self.params = [p for _, p in params]  # clipped together each step
         for n, p in params:
             (decay if p.ndim >= 2 and "embedding" not in n else no_decay).append(p)
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
@@ -170,8 +171,7 @@ class CLIPTrainer:
             loss_total = loss
         self.opt.zero_grad(set_to_none=True)
         loss_total.backward()
-        params = list(self.model.parameters()) + (list(self.attr_head.parameters()) if self.attr_head is not None else [])
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))

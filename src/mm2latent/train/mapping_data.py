@@ -53,12 +53,19 @@ def chunk_z(seed: int, start: int, stop: int, z_dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def synthesise_const(G, w: torch.Tensor) -> torch.Tensor:
+    """G's image of W-space latents with constant noise: the one synthesis that the stored
+    embeddings come from (make_chunk) and that re-embedding must repeat exactly."""
+    return G.synthesis(G.broadcast(w), noise_mode="const")
+
+
+@torch.no_grad()
 def make_chunk(G, controls, z: torch.Tensor, truncation: float, batch: int = 32) -> dict[str, np.ndarray]:
     parts: dict[str, list] = {k: [] for k in ARRAYS}
     for a in range(0, len(z), batch):
         zb = z[a:a + batch]
         w = G.mapping(zb, truncation_psi=truncation)
-        x = G.synthesis(G.broadcast(w), noise_mode="const")
+        x = synthesise_const(G, w)
         c = controls.derive(x)
         parts["z"].append(zb.numpy())
         parts["w"].append(w.numpy())
@@ -242,6 +249,6 @@ def resynthesised_image_embeddings(G, encoder, w: np.ndarray, batch: int = 32) -
     embs = []
     for a in range(0, len(w), batch):
         wb = torch.from_numpy(np.ascontiguousarray(w[a:a + batch])).float()
-        x = G.synthesis(G.broadcast(wb), noise_mode="const")
+        x = synthesise_const(G, wb)
         embs.append(encoder.encode_image(x.float()).numpy())
     return np.concatenate(embs)

@@ -28,10 +28,16 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # pipeline_args, when imported from tests
 
 from mm2latent.common.fileio import write_text_atomic  # noqa: E402
+from mm2latent.common.progress import progress  # noqa: E402
 from mm2latent.eval.generator import reconstruct  # noqa: E402
+from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
+from mm2latent.models.inversion import reconstruction_loss  # noqa: E402
+from mm2latent.pipeline.controls import resize_labels  # noqa: E402
+from mm2latent.pipeline.editing import FEATURE_WEIGHT  # noqa: E402
 from pipeline_args import parse_with_pipeline  # noqa: E402
 
 
@@ -45,6 +51,37 @@ def wplus_reconstruct(pipe, images: torch.Tensor, batch: int = 50) -> torch.Tens
     """The W+ inverter's one pass (as ``pipe.invert`` without refinement), batched."""
     return torch.cat([pipe.G.synthesis(pipe.one_pass_codes(images[i:i + batch], "wplus")[0], noise_mode="const")
                       .clamp(-1, 1) for i in range(0, len(images), batch)])
+
+
+def optimised_reconstruct(pipe, images: torch.Tensor, steps: int, space: str, lr: float = 0.02,
+                          batch: int = 50) -> torch.Tensor:
+    """A tighter ceiling than one pass: start from the one-pass code (image encoder for "w", W+
+    inverter for "wplus") and optimise it by Adam on ``pipe.invert``'s refinement loss (pixel +
+    image-embedding), without the pull back to the start. In "w" one w is shared by all layers,
+    so the result is a face that a mapping to W could still output."""
+    enc_img = pipe.controls.encoder
+    out = []
+    for i in progress(range(0, len(images), batch), desc=f"optimising {space}", unit="batch"):
+        x = images[i:i + batch]
+        codes, _ = pipe.one_pass_codes(x, "w" if space == "w" else "wplus")
+        p = (codes[:, 0] if space == "w" else codes).clone().requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=lr)
+        with torch.no_grad():
+            target = enc_img.encode_image(x)
+
+        def draw():
+            return pipe.G.synthesis(pipe.G.broadcast(p) if space == "w" else p, noise_mode="const")
+
+        with torch.enable_grad():
+            for _ in range(steps):
+                y = draw()
+                loss = reconstruction_loss(y, x) + FEATURE_WEIGHT * (1 - (enc_img.encode_image(y) * target).sum(-1)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            out.append(draw().clamp(-1, 1))
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -61,10 +98,26 @@ def generated(pipe, data: dict, use: dict, seed: int = 0, batch: int = 25) -> to
     return torch.cat(out)
 
 
+def mapping_rows(pipe, data: dict, img_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+    c = pipe.controls
+    return {
+        "MappingNet, render's image embedding as text": generated(pipe, data, {"text": lambda s: img_emb[s]}),
+        "MappingNet, render's image embedding as text + mask": generated(
+            pipe, data, {"text": lambda s: img_emb[s], "mask": lambda s: c.embed_mask(data["mask"][s])}),
+        "MappingNet, caption text": generated(pipe, data, {"text": lambda s: c.embed_text(data["caption"][s])}),
+        "MappingNet, caption text + mask": generated(
+            pipe, data, {"text": lambda s: c.embed_text(data["caption"][s]), "mask": lambda s: c.embed_mask(data["mask"][s])}),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num", type=int, default=200)
     ap.add_argument("--split", default="test", choices=("test", "val"))
+    ap.add_argument("--optimise-steps", type=int, default=0,
+                    help="also judge reconstructions optimised this many steps in W and in W+ (0: skip)")
+    ap.add_argument("--only-ceilings", action="store_true",
+                    help="judge only the render and the generator's reconstructions (no MappingNet rows)")
     a, pipe = parse_with_pipeline(ap)
     data = render_test(a.num, pipe.resolution, a.split)
     c = pipe.controls
@@ -73,27 +126,30 @@ def main() -> None:
         "render (judge ceiling)": data["image"],
         "W+ inverter reconstruction": wplus_reconstruct(pipe, data["image"]),
         "W reconstruction (image encoder)": reconstruct(pipe.G, pipe.image_encoder, data["image"]),
-        "MappingNet, render's image embedding as text": generated(pipe, data, {"text": lambda s: img_emb[s]}),
-        "MappingNet, render's image embedding as text + mask": generated(
-            pipe, data, {"text": lambda s: img_emb[s], "mask": lambda s: c.embed_mask(data["mask"][s])}),
-        "MappingNet, caption text": generated(pipe, data, {"text": lambda s: c.embed_text(data["caption"][s])}),
-        "MappingNet, caption text + mask": generated(
-            pipe, data, {"text": lambda s: c.embed_text(data["caption"][s]), "mask": lambda s: c.embed_mask(data["mask"][s])}),
     }
+    if a.optimise_steps:
+        k = a.optimise_steps
+        rows[f"W+ reconstruction, inverter + {k} optimisation steps"] = optimised_reconstruct(pipe, data["image"], k, "wplus")
+        rows[f"W reconstruction, image encoder + {k} optimisation steps"] = optimised_reconstruct(pipe, data["image"], k, "w")
+    if not a.only_ceilings:
+        rows.update(mapping_rows(pipe, data, img_emb))
     report = {"num": a.num, "split": a.split, "weights": a.weights or "shipped", "text_guidance": pipe.text_guidance,
-              "guidance_from_layer": pipe.guidance_from_layer, "rows": {}}
+              "guidance_from_layer": pipe.guidance_from_layer, "optimise_steps": a.optimise_steps, "rows": {}}
     held = {"MappingNet, caption text", "MappingNet, caption text + mask"}
     for name, images in rows.items():
         probs = judge(pipe, images)
+        masks = torch.cat([c.parse_mask(images[i:i + 50]) for i in range(0, len(images), 50)])
         row = {"in_grammar": fact_accuracy(probs, data["facts"]),
-               "heldout_grammar_facts": fact_accuracy(probs, data["facts_heldout"])}
+               "heldout_grammar_facts": fact_accuracy(probs, data["facts_heldout"]),
+               "parser_miou_vs_render_mask": mean_iou(confusion_matrix(masks, resize_labels(data["mask"], c.mask_size)))}
         if name in held:  # the held-out-grammar caption itself as the input
             x = generated(pipe, data, {"text": lambda s: c.embed_text(data["caption_heldout"][s]),
                                        **({"mask": lambda s: c.embed_mask(data["mask"][s])} if "mask" in name else {})})
             row["heldout_grammar_caption_input"] = fact_accuracy(judge(pipe, x), data["facts_heldout"])
         report["rows"][name] = row
         print(f"{name:55s} in-grammar facts {row['in_grammar']['accuracy']:.3f}  held-out facts "
-              f"{row['heldout_grammar_facts']['accuracy']:.3f}", flush=True)
+              f"{row['heldout_grammar_facts']['accuracy']:.3f}  mask mIoU {row['parser_miou_vs_render_mask']:.3f}",
+              flush=True)
     if a.out:
         write_text_atomic(a.out, json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: round(v["in_grammar"]["accuracy"], 3) for k, v in report["rows"].items()}, indent=1))

@@ -240,6 +240,30 @@ def test_batched_one_pass_codes_match_per_photo_inversion(weights_with_inverter)
     assert torch.equal(pipe.controls.attribute_probs(x), pipe.controls.derive(x)["attributes"])
 
 
+def test_budget_bench_optimised_ceilings_fit_better_than_one_pass(weights_with_inverter):
+    """bench/text_fidelity_budget.py: optimising the one-pass code lowers the reconstruction loss,
+    in W (one w shared by every layer) and in W+."""
+    import importlib.util
+
+    from mm2latent.models.inversion import reconstruction_loss
+    from mm2latent.pipeline import Pipeline
+
+    spec = importlib.util.spec_from_file_location("text_fidelity_budget", Path(__file__).resolve().parents[1] /
+                                                  "bench" / "text_fidelity_budget.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pipe = Pipeline.from_pretrained(weights_with_inverter)
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, pipe.resolution, pipe.resolution) * 2 - 1
+    for space in ("w", "wplus"):
+        start = bench.optimised_reconstruct(pipe, x, 0, space, batch=2)
+        tuned = bench.optimised_reconstruct(pipe, x, 15, space, lr=0.05, batch=2)
+        assert start.shape == tuned.shape == x.shape
+        assert reconstruction_loss(tuned, x) < reconstruction_loss(start, x)
+    one_pass = bench.wplus_reconstruct(pipe, x, batch=2)
+    assert torch.allclose(one_pass, bench.optimised_reconstruct(pipe, x, 0, "wplus"), atol=1e-5)
+
+
 def test_pivotal_tuning_fits_the_photo_and_leaves_the_shared_generator_alone(weights_with_inverter, tmp_path,
                                                                            capsys):
     from mm2latent.cli.main import main

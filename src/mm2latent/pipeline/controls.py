@@ -73,14 +73,18 @@ class ControlEncoders:
         return torch.sigmoid(self.analyzer(resize_images(images.float(), self.analyzer.config.size))[0])
 
     @torch.no_grad()
+    def parse_mask(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [-1, 1] -> the parser's label map (B, M, M) at the mask autoencoder's size."""
+        return resize_labels(self.parser(resize_images(images.float(), self.parser.config.size)).argmax(1), self.mask_size)
+
+    @torch.no_grad()
     def derive(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 3, S, S) in [-1, 1] -> mask (B, M, M) long, sketch (B, 1, K, K), coeffs (B, 13) in
         normalised units, attributes (B, A) probabilities, image_emb (B, D) unit vectors."""
         x = images.float()
-        mask = self.parser(resize_images(x, self.parser.config.size)).argmax(1)
         attrs, coeffs = self.analyzer(resize_images(x, self.analyzer.config.size))
         return {
-            "mask": resize_labels(mask, self.mask_size),
+            "mask": self.parse_mask(x),
             "sketch": extract_sketch(resize_images(x, self.sketch_size)),
             "coeffs": coeffs.clamp(-1, 1),
             "attributes": torch.sigmoid(attrs),

@@ -559,6 +559,41 @@ def test_full_report_runs_and_resumes(weights, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_baseline_snapshots_equal_shorter_runs(weights):
+    """One optimisation run with snapshots gives exactly the codes of shorter runs, with growing times."""
+    from mm2latent.eval.baselines import OptimisationConfig, optimise_latents
+    from mm2latent.eval.pipeline import render_test
+    from mm2latent.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(weights)
+    data = render_test(2, pipe.resolution)
+    te = pipe.controls.embed_text(data["caption"])
+    final, info = optimise_latents(pipe, te, data["mask"], OptimisationConfig(steps=4), snapshot_steps=(2, 4))
+    short, _ = optimise_latents(pipe, te, data["mask"], OptimisationConfig(steps=2))
+    assert torch.equal(info["snapshots"][2], short) and torch.equal(info["snapshots"][4], final)
+    assert not torch.equal(short, final)
+    assert 0 < info["seconds_at"][2] < info["seconds_at"][4] <= info["seconds"]
+    with pytest.raises(ValueError, match="snapshot steps"):
+        optimise_latents(pipe, te, data["mask"], OptimisationConfig(steps=2), snapshot_steps=(3,))
+
+
+def test_speed_bench_finds_the_budget_of_equal_fidelity():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generation_speed", Path(__file__).resolve().parents[1] / "bench" /
+                                                  "generation_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = {"mm2latent": {"mask_miou": 0.5, "text_fidelity": 0.7},
+           "optimisation_10": {"mask_miou": 0.4, "text_fidelity": 0.6}, "optimisation_10_over_mm2latent": 20.0,
+           "optimisation_50": {"mask_miou": 0.55, "text_fidelity": 0.65}, "optimisation_50_over_mm2latent": 100.0,
+           "optimisation_90": {"mask_miou": 0.6, "text_fidelity": 0.72}, "optimisation_90_over_mm2latent": 180.0}
+    m = bench.matched_budgets(res, [10, 50, 90])
+    assert m["mask_miou"] == {"steps": 50, "speed_ratio": 100.0}
+    assert m["text_fidelity"] == m["both"] == {"steps": 90, "speed_ratio": 180.0}
+    assert bench.matched_budgets(res, [10])["both"] == {"steps": None, "speed_ratio": None}
+
+
 def test_baseline_tuning_on_validation_feeds_the_report(weights, tmp_path, capsys):
     """tune-baseline searches the grid on the validation split (never the test split)
     and its best settings drive the report's optimisation rows."""

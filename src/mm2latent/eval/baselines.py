@@ -35,8 +35,14 @@ class OptimisationConfig:
 
 
 def optimise_latents(pipe, text_emb: torch.Tensor | None, masks: torch.Tensor | None,
-                     cfg: OptimisationConfig = OptimisationConfig()) -> tuple[torch.Tensor, dict]:
-    """Optimised codes (B, num_ws, w_dim) for B faces; returns (ws, info with seconds and loss history)."""
+                     cfg: OptimisationConfig = OptimisationConfig(),
+                     snapshot_steps: tuple[int, ...] = ()) -> tuple[torch.Tensor, dict]:
+    """Optimised codes (B, num_ws, w_dim) for B faces; returns (ws, info with seconds and loss history).
+    ``snapshot_steps``: also keep the codes after each of these step counts (info["snapshots"][k])
+    with the wall time spent up to then (info["seconds_at"][k]), so that one run gives the
+    baseline at every shorter budget (the codes after k steps are exactly a k-step run's)."""
+    if any(k < 1 or k > cfg.steps for k in snapshot_steps):
+        raise ValueError("snapshot steps must lie in 1..steps")
     if text_emb is None and masks is None:
         raise ValueError("the baseline needs text and/or masks")
     G, c = pipe.G, pipe.controls
@@ -47,6 +53,8 @@ def optimise_latents(pipe, text_emb: torch.Tensor | None, masks: torch.Tensor | 
     opt = torch.optim.Adam([ws], lr=cfg.lr)
     target_mask = resize_labels(masks, c.parser.config.size) if masks is not None else None
     hist = []
+    snaps: dict[int, torch.Tensor] = {}
+    seconds_at: dict[int, float] = {}
     t0 = time.perf_counter()
     with torch.enable_grad():
         for _ in range(cfg.steps):
@@ -62,7 +70,11 @@ def optimise_latents(pipe, text_emb: torch.Tensor | None, masks: torch.Tensor | 
             loss.backward()
             opt.step()
             hist.append(loss.item())
-    return G.broadcast(ws.detach()), {"seconds": time.perf_counter() - t0, "history": hist}
+            if len(hist) in snapshot_steps:
+                snaps[len(hist)] = G.broadcast(ws.detach().clone())
+                seconds_at[len(hist)] = time.perf_counter() - t0
+    return G.broadcast(ws.detach()), {"seconds": time.perf_counter() - t0, "history": hist,
+                                      "snapshots": snaps, "seconds_at": seconds_at}
 
 
 def load_tuned_settings(path: str | None) -> dict | None:

@@ -37,7 +37,7 @@ from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
 from mm2latent.models.inversion import reconstruction_loss  # noqa: E402
 from mm2latent.pipeline.controls import resize_labels  # noqa: E402
-from mm2latent.pipeline.editing import FEATURE_WEIGHT  # noqa: E402
+from mm2latent.pipeline.editing import FEATURE_WEIGHT, feature_loss  # noqa: E402
 from pipeline_args import parse_with_pipeline  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def optimised_reconstruct(pipe, images: torch.Tensor, steps: int, space: str, lr
         with torch.enable_grad():
             for _ in range(steps):
                 y = draw()
-                loss = reconstruction_loss(y, x) + FEATURE_WEIGHT * (1 - (enc_img.encode_image(y) * target).sum(-1)).mean()
+                loss = reconstruction_loss(y, x) + FEATURE_WEIGHT * feature_loss(enc_img, y, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -136,12 +136,13 @@ def main() -> None:
     report = {"num": a.num, "split": a.split, "weights": a.weights or "shipped", "text_guidance": pipe.text_guidance,
               "guidance_from_layer": pipe.guidance_from_layer, "optimise_steps": a.optimise_steps, "rows": {}}
     held = {"MappingNet, caption text", "MappingNet, caption text + mask"}
+    true_masks = resize_labels(data["mask"], c.mask_size)
     for name, images in rows.items():
         probs = judge(pipe, images)
         masks = torch.cat([c.parse_mask(images[i:i + 50]) for i in range(0, len(images), 50)])
         row = {"in_grammar": fact_accuracy(probs, data["facts"]),
                "heldout_grammar_facts": fact_accuracy(probs, data["facts_heldout"]),
-               "parser_miou_vs_render_mask": mean_iou(confusion_matrix(masks, resize_labels(data["mask"], c.mask_size)))}
+               "parser_miou_vs_render_mask": mean_iou(confusion_matrix(masks, true_masks))}
         if name in held:  # the held-out-grammar caption itself as the input
             x = generated(pipe, data, {"text": lambda s: c.embed_text(data["caption_heldout"][s]),
                                        **({"mask": lambda s: c.embed_mask(data["mask"][s])} if "mask" in name else {})})

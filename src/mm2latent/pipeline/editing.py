@@ -62,6 +62,12 @@ class Inversion:
             return (self.synthesis if self.synthesis is not None else default_synthesis)(ws, noise_mode="const")
 
 
+def feature_loss(encoder, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Refinement's feature term: 1 - cosine between the image encoder's unit embedding of ``y``
+    and the target embeddings, averaged over the batch."""
+    return (1 - (encoder.encode_image(y) * target).sum(-1)).mean()
+
+
 def align_photo(image: Any, size: int) -> tuple[torch.Tensor, str]:
     """Any photo (path / PIL / uint8 array, any size or mode) -> (1, 3, size, size) in [-1, 1], and what was done."""
     from PIL import Image
@@ -144,7 +150,7 @@ class EditingMixin:
                 y = self.G.synthesis(ws, noise_mode="const")
                 loss = reconstruction_loss(y, x) + reg * (ws - w0).square().mean()
                 if feature_weight:  # feature loss: the world image encoder's embedding (FaRL's image tower)
-                    loss = loss + feature_weight * (1 - (enc_img.encode_image(y) * target).sum(-1)).mean()
+                    loss = loss + feature_weight * feature_loss(enc_img, y, target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -36,6 +36,29 @@ def test_evaluate_generator_reports_references():
     assert r["generated"]["frechet"] > r["renders_val"]["frechet"]
 
 
+def test_class_frequencies_separate_parser_bias_from_generator():
+    """With a parser, each class's pixel share is reported three ways: the parser on samples,
+    the true masks of the renders, and the same parser on the same renders."""
+    from mm2latent.eval.generator import parse_all, render_split
+    from mm2latent.perception import build_model
+
+    torch.manual_seed(0)
+    G = Generator(StyleGAN2Config(resolution=64, z_dim=16, w_dim=16, mapping_layers=1,
+                                  channels={4: 16, 8: 16, 16: 16, 32: 8, 64: 8})).eval()
+    enc = CLIP(CLIPConfig(embed_dim=16, image_resolution=32, vision_layers=1, vision_width=32, vision_patch_size=16,
+                          context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=1,
+                          transformer_layers=1))
+    parser = build_model("parser", {"base": 4, "depth": 3, "max_width": 16, "size": 64}).eval()
+    r = evaluate_generator(G, enc, num=12, truncation=0.7, parser=parser)
+    cf = r["class_frequencies"]
+    for col in ("generated", "renders", "renders_parsed"):
+        assert abs(sum(v[col] for v in cf.values()) - 1) < 1e-6
+    test, masks = render_split("test", 12, 64)
+    want = class_frequencies(parse_all(parser, test))
+    assert [v["renders_parsed"] for v in cf.values()] == [float(x) for x in want]
+    assert [v["renders"] for v in cf.values()] == [float(x) for x in class_frequencies(masks)]
+
+
 def test_judged_reconstructions_report_the_generator_ceiling():
     """The judges score renders against their own truth and reconstructions against the
     same truth; an image set identical to the renders scores identically."""

@@ -5,7 +5,8 @@ Fréchet distance and KID in the world image encoder's feature space between
 next to two references measured the same way: a disjoint set of renders (val
 split; the floor any generator can reach) and the same renders blurred (a
 trivially bad "generator", for scale). With a parser, also the per-class
-pixel frequencies of generated images against the renders' true masks.
+pixel frequencies of generated images against the renders' true masks and against
+the same parser on the renders (which separates the parser's bias from the generator's).
 
 With the image encoder and the judges, :func:`judge_reconstructions` measures
 the generator's ceiling for conditional generation: the parser and attribute
@@ -109,6 +110,12 @@ def class_frequencies(masks: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
+def parse_all(parser, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """Parser masks (N, H, W) of a batch of images in [-1, 1]."""
+    return np.concatenate([parser(images[i:i + batch]).argmax(1).numpy() for i in range(0, len(images), batch)])
+
+
+@torch.no_grad()
 def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, seed: int = 0, parser=None,
                        prior=None, image_encoder=None, analyzer=None) -> dict:
     """Realism of samples against held-out renders. With a fitted ``prior`` the samples
@@ -137,10 +144,13 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
         kid, kid_std = kernel_inception_distance(feats[name], ref, subset_size=min(1000, num))
         out[name] = {"frechet": frechet_distance(feats[name], ref), "kid": kid, "kid_std": kid_std}
     if parser is not None:
-        pm = np.concatenate([parser(gen[i:i + 64]).argmax(1).numpy() for i in range(0, num, 64)])
-        fg, ft = class_frequencies(pm), class_frequencies(test_masks)
-        out["class_frequencies"] = {n: {"generated": float(a), "renders": float(b)}
-                                    for n, a, b in zip(CLASS_NAMES, fg, ft)}
+        fg, ft = class_frequencies(parse_all(parser, gen)), class_frequencies(test_masks)
+        fp = class_frequencies(parse_all(parser, test))
+        # "renders" is the true masks; "renders_parsed" is the same parser on the renders, so
+        # generated / renders_parsed is the generator's own over- or under-drawing, free of
+        # the parser's bias (which generated / renders would include)
+        out["class_frequencies"] = {n: {"generated": float(a), "renders": float(b), "renders_parsed": float(c)}
+                                    for n, a, b, c in zip(CLASS_NAMES, fg, ft, fp)}
     if rec is not None and parser is not None and analyzer is not None:
         out["reconstruction_judged"] = judge_reconstructions(other, rec, other_masks, split_attributes("val", num),
                                                              parser, analyzer)

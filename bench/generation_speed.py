@@ -21,7 +21,6 @@ ratio at equal fidelity).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from mm2latent.common.fileio import write_text_atomic  # noqa: E402
+from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.eval.baselines import OptimisationConfig, load_tuned_settings, optimise_latents  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
@@ -129,10 +128,7 @@ def main() -> None:
         res[key] = fidelity(pipe, torch.cat(outs[k]), data)
         res[key + "_over_mm2latent"] = res[key + "_s_per_image"] / res["mm2latent_s_per_image"]
     res["matched_fidelity"] = matched_budgets(res, steps)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        write_text_atomic(a.out, text + "\n")
+    emit_json_report(res, a.out)
 
 
 if __name__ == "__main__":

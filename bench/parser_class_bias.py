@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from mm2latent.common.fileio import write_text_atomic
+from mm2latent.common.fileio import emit_json_report
 from mm2latent.common.palette import CLASS_NAMES
 from mm2latent.eval.generator import class_frequencies, parse_all, render_split
 from mm2latent.pipeline import Pipeline
@@ -37,10 +37,7 @@ def main() -> None:
         rows[n] = {"true": round(float(t), 5), "parsed": round(float(p), 5), "generated": round(g, 5),
                    "parsed_over_true": round(float(p / t), 2), "generated_over_parsed": round(float(g / p), 2)}
     res = {"num": a.num, "command": "bench/parser_class_bias.py", "classes": rows}
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        write_text_atomic(a.out, text + "\n")
+    emit_json_report(res, a.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,16 @@ from mm2latent.models.clip import CLIP, CLIPConfig
 from mm2latent.models.stylegan2 import Generator, StyleGAN2Config
 
 
+def tiny_generator_and_encoder():
+    torch.manual_seed(0)
+    G = Generator(StyleGAN2Config(resolution=64, z_dim=16, w_dim=16, mapping_layers=1,
+                                  channels={4: 16, 8: 16, 16: 16, 32: 8, 64: 8})).eval()
+    enc = CLIP(CLIPConfig(embed_dim=16, image_resolution=32, vision_layers=1, vision_width=32, vision_patch_size=16,
+                          context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=1,
+                          transformer_layers=1))
+    return G, enc
+
+
 def test_blur_keeps_constants_and_smooths_edges():
     x = torch.full((1, 3, 32, 32), 0.3)
     assert torch.allclose(blur(x), x, atol=1e-5)
@@ -23,12 +33,7 @@ def test_class_frequencies_sum_to_one():
 
 
 def test_evaluate_generator_reports_references():
-    torch.manual_seed(0)
-    G = Generator(StyleGAN2Config(resolution=64, z_dim=16, w_dim=16, mapping_layers=1,
-                                  channels={4: 16, 8: 16, 16: 16, 32: 8, 64: 8})).eval()
-    enc = CLIP(CLIPConfig(embed_dim=16, image_resolution=32, vision_layers=1, vision_width=32, vision_patch_size=16,
-                          context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=1,
-                          transformer_layers=1))
+    G, enc = tiny_generator_and_encoder()
     r = evaluate_generator(G, enc, num=24, truncation=0.7)
     for k in ("generated", "renders_val", "blurred_val"):
         assert np.isfinite(r[k]["frechet"]) and r[k]["frechet"] >= -1e-6
@@ -42,12 +47,7 @@ def test_class_frequencies_separate_parser_bias_from_generator():
     from mm2latent.eval.generator import parse_all, render_split
     from mm2latent.perception import build_model
 
-    torch.manual_seed(0)
-    G = Generator(StyleGAN2Config(resolution=64, z_dim=16, w_dim=16, mapping_layers=1,
-                                  channels={4: 16, 8: 16, 16: 16, 32: 8, 64: 8})).eval()
-    enc = CLIP(CLIPConfig(embed_dim=16, image_resolution=32, vision_layers=1, vision_width=32, vision_patch_size=16,
-                          context_length=77, vocab_size=49408, transformer_width=32, transformer_heads=1,
-                          transformer_layers=1))
+    G, enc = tiny_generator_and_encoder()
     parser = build_model("parser", {"base": 4, "depth": 3, "max_width": 16, "size": 64}).eval()
     r = evaluate_generator(G, enc, num=12, truncation=0.7, parser=parser)
     cf = r["class_frequencies"]

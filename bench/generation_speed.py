@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
-from mm2latent.eval.baselines import OptimisationConfig, load_tuned_settings, optimise_latents  # noqa: E402
+from mm2latent.eval.baselines import load_tuned_settings, optimise_budgets  # noqa: E402
 from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
 from mm2latent.pipeline import Pipeline  # noqa: E402
@@ -108,24 +108,13 @@ def main() -> None:
     res["mm2latent"] = fidelity(pipe, torch.cat(outs), data)
     res["pipeline_over_generator_floor"] = res["mm2latent_s_per_image"] / res["generator_s_per_image"]
     # latent optimisation: one run of the longest budget; every shorter budget is a snapshot of it
-    # (identical codes), timed by the wall clock up to that step plus the text embedding
+    # (identical codes), timed up to that step (text embedding and synthesis of its codes included)
     steps = sorted(set(a.steps))
-    outs: dict[int, list] = {k: [] for k in steps}
-    seconds = dict.fromkeys(steps, 0.0)
-    for sl in batches():
-        t = time.perf_counter()
-        te = pipe.controls.embed_text(data["caption"][sl])
-        t_embed = time.perf_counter() - t
-        _, info = optimise_latents(pipe, te, data["mask"][sl], OptimisationConfig(steps=steps[-1], **(settings or {})),
-                                   snapshot_steps=tuple(steps))
-        for k in steps:
-            seconds[k] += t_embed + info["seconds_at"][k]
-            with torch.no_grad():
-                outs[k].append(pipe.G.synthesis(info["snapshots"][k], noise_mode="const"))
+    runs = optimise_budgets(pipe, data["caption"], data["mask"], steps, settings, batch=bsz)
     for k in steps:
         key = f"optimisation_{k}"
-        res[key + "_s_per_image"] = seconds[k] / n
-        res[key] = fidelity(pipe, torch.cat(outs[k]), data)
+        res[key + "_s_per_image"] = runs[k][1] / n
+        res[key] = fidelity(pipe, runs[k][0], data)
         res[key + "_over_mm2latent"] = res[key + "_s_per_image"] / res["mm2latent_s_per_image"]
     res["matched_fidelity"] = matched_budgets(res, steps)
     emit_json_report(res, a.out)

@@ -77,6 +77,31 @@ def optimise_latents(pipe, text_emb: torch.Tensor | None, masks: torch.Tensor | 
                                       "snapshots": snaps, "seconds_at": seconds_at}
 
 
+def optimise_budgets(pipe, captions, masks: torch.Tensor, steps, settings: dict | None = None, batch: int = 25,
+                     desc: str | None = None) -> dict[int, tuple[torch.Tensor, float]]:
+    """The baseline at several step budgets from one run of the longest, snapshotted at the
+    shorter ones: {k: (images, seconds)}, where a budget's seconds are the text embedding, the
+    optimisation up to its own step and the synthesis of its codes, summed over batches."""
+    from ..common.progress import progress
+
+    steps = tuple(sorted(set(steps)))
+    out: dict[int, list[torch.Tensor]] = {k: [] for k in steps}
+    seconds = dict.fromkeys(steps, 0.0)
+    n = len(captions)
+    for a in progress(range(0, n, batch), desc=desc or f"optimisation {'/'.join(map(str, steps))}", unit="batch"):
+        t = time.perf_counter()
+        te = pipe.controls.embed_text(captions[a:a + batch])
+        t_embed = time.perf_counter() - t
+        _, info = optimise_latents(pipe, te, masks[a:a + batch], OptimisationConfig(steps=steps[-1], **(settings or {})),
+                                   snapshot_steps=steps)
+        for k in steps:
+            t = time.perf_counter()
+            with torch.no_grad():
+                out[k].append(pipe.G.synthesis(info["snapshots"][k], noise_mode="const"))
+            seconds[k] += t_embed + info["seconds_at"][k] + time.perf_counter() - t
+    return {k: (torch.cat(out[k]), seconds[k]) for k in steps}
+
+
 def load_tuned_settings(path: str | None) -> dict | None:
     """The ``best`` settings of a ``mm2latent eval tune-baseline`` result file (None for no file),
     with one clear error for anything else."""

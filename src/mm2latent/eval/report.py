@@ -50,28 +50,6 @@ def _mm2latent(pipe, data, use, key="caption", batch=25) -> Callable[[], torch.T
     return run
 
 
-def _optimisation(pipe, data, steps: tuple[int, ...], batch=25, settings: dict | None = None
-                  ) -> dict[int, tuple[torch.Tensor, float]]:
-    """One optimisation run of the longest budget, snapshotted at the shorter ones: images and
-    seconds (optimisation up to that step plus synthesis of its codes) for every budget."""
-    from .baselines import OptimisationConfig, optimise_latents
-
-    steps = tuple(sorted(set(steps)))
-    out: dict[int, list[torch.Tensor]] = {k: [] for k in steps}
-    seconds = dict.fromkeys(steps, 0.0)
-    n = len(data["caption"])
-    for a in progress(range(0, n, batch), desc=f"optimisation {'/'.join(map(str, steps))}", unit="batch"):
-        sl = slice(a, min(n, a + batch))
-        _, info = optimise_latents(pipe, pipe.controls.embed_text(data["caption"][sl]), data["mask"][sl],
-                                   OptimisationConfig(steps=steps[-1], **(settings or {})), snapshot_steps=steps)
-        for k in steps:
-            t = time.perf_counter()
-            with torch.no_grad():
-                out[k].append(pipe.G.synthesis(info["snapshots"][k], noise_mode="const"))
-            seconds[k] += info["seconds_at"][k] + time.perf_counter() - t
-    return {k: (torch.cat(out[k]), seconds[k]) for k in steps}
-
-
 def _not_cached(name: str) -> Callable[[], torch.Tensor]:
     def run():
         raise RuntimeError(f"{name} should have been cached")
@@ -144,7 +122,10 @@ def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisatio
     opt_names = {k: f"optimisation-{k}/text+mask" for k in optimisation_steps}
     if opt_names and not all(_cache_file(cache, n).exists() for n in opt_names.values()):
         # every budget is a snapshot of one run of the longest, so all are (re)computed together
-        for k, (x, sec) in _optimisation(pipe, data, tuple(opt_names), settings=baseline_settings).items():
+        from .baselines import optimise_budgets
+
+        for k, (x, sec) in optimise_budgets(pipe, data["caption"], data["mask"], opt_names,
+                                            settings=baseline_settings).items():
             _store(cache, opt_names[k], x, sec)
     for k, name in opt_names.items():
         methods[name] = (_not_cached(name), ("text", "mask"))

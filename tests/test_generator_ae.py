@@ -171,6 +171,19 @@ def test_options_validation(cache, tmp_path):
                                  enc_widths=[8, 8, 16]))
 
 
+
+def test_device_choice(cache, tmp_path):
+    """--device: auto is the CPU here, cuda without a GPU is one clear error, a bad name is refused."""
+    tr = GeneratorAETrainer(_opts(cache, tmp_path / "a", device="auto"))
+    assert tr.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert all(p.device.type == tr.device.type for p in tr.G.parameters())
+    tr.train_step()
+    with pytest.raises(UserError, match="device"):
+        GeneratorAETrainer(_opts(cache, tmp_path / "b", device="tpu"))
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            GeneratorAETrainer(_opts(cache, tmp_path / "c", device="cuda"))
+
 KILL_WORKER = r"""
 import sys, torch
 from mm2latent.train.generator_ae import GeneratorAEOptions, train_generator_ae

@@ -50,6 +50,8 @@ def add_train_subcommands(models) -> None:
                    help="parser loss class weights freq**-P (0 = plain cross-entropy, 0.5 = inverse square root)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=positive_int, default=None)
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto (default) trains on the GPU when there is one")
     g.add_argument("--resume", action="store_true")
     g.set_defaults(func=_train_generator_ae)
 
@@ -205,7 +207,7 @@ def _train_generator_ae(a) -> int:
                                           attr_weight=a.attr_weight, coeff_weight=a.coeff_weight,
                                           adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume,
                                           freeze_latents=a.freeze_latents, init=a.init, d_warmup=a.d_warmup,
-                                          seg_balance=a.seg_balance))
+                                          seg_balance=a.seg_balance, device=a.device))
     return 0
 
 

@@ -39,7 +39,7 @@ from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
 from . import state as ckpt
-from .stylegan2 import DataOrder
+from .stylegan2 import DataOrder, pick_device
 
 TRAIN_KIND = "generator-ae-train"
 
@@ -99,11 +99,13 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: training weights. Eyes, brows and lips cover ~0.2 % of the image each, so plain cross-entropy
     #: barely asks the synthesis to draw them
     seg_balance: float = 0.0
+    #: auto (the GPU when there is one), cpu or cuda; a checkpoint resumes on either
+    device: str = "auto"
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
-                 "analyzer", "d_warmup", "seg_balance")
+                 "analyzer", "d_warmup", "seg_balance", "device")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -207,6 +209,12 @@ class GeneratorAETrainer:
         self.init_training: dict[str, Any] = {}
         if opts.init is not None and not resuming:
             self.init_training = load_init(self, opts.init)
+        self.device = dev = pick_device(opts.device)
+        for m in (self.G, self.D, self.G_ema, self.E, self.E_ema, self.parser, self.analyzer):
+            if m is not None:
+                m.to(dev)
+        if self.seg_class_weights is not None:
+            self.seg_class_weights = self.seg_class_weights.to(dev)
         betas = (0.5, 0.99)
         self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
                                       {"params": list(self.E.parameters()), "lr": opts.enc_lr}], lr=opts.lr, betas=betas)
@@ -223,7 +231,8 @@ class GeneratorAETrainer:
 
     def train_step(self) -> dict[str, float]:
         o, G, D, E = self.opts, self.G, self.D, self.E
-        b = self.data.batch(self.order.take(o.batch))
+        dev = self.device
+        b = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in self.data.batch(self.order.take(o.batch)).items()}
         x = b["image"]
         adv_on = o.adv_weight > 0 and self.step >= o.adv_start and self.step % o.adv_every == 0
         # the discriminator may start d_warmup steps before the generator hears from it
@@ -255,7 +264,7 @@ class GeneratorAETrainer:
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()
             if o.prior_batch and not o.freeze_latents:
-                x_pri = G(torch.randn(o.prior_batch, o.z_dim))
+                x_pri = G(torch.randn(o.prior_batch, o.z_dim, device=dev))
                 adv = adv + F.softplus(-D(x_pri)).mean()
             loss = loss + o.adv_weight * o.adv_every * adv
             stats["adv_G"] = adv.item()
@@ -294,7 +303,7 @@ class GeneratorAETrainer:
                     pe.copy_(p.detach().lerp(pe, beta))
                 for pe, p in zip(self.E_ema.parameters(), E.parameters()):
                     pe.copy_(p.detach().lerp(pe, beta))
-                w_prior = G.mapping(torch.randn(64, o.z_dim))
+                w_prior = G.mapping(torch.randn(64, o.z_dim, device=dev))
                 G.mapping.w_avg.copy_(w_prior.mean(0).lerp(G.mapping.w_avg, G.cfg.w_avg_beta))
                 self.G_ema.mapping.w_avg.copy_(G.mapping.w_avg)
         self.step += 1
@@ -314,7 +323,7 @@ class GeneratorAETrainer:
             t, m = ckpt.flatten_optimizer(opt, name)
             tensors.update(t)
             meta["optim"][name] = m
-        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors().items()})
+        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors(self.device).items()})
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -325,7 +334,7 @@ class GeneratorAETrainer:
         self.step = int(meta["step"])
         self.elapsed = float(meta["elapsed"])
         self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
-        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
         if "init_training" in meta:
             self.init_training = dict(meta["init_training"] or {})
         elif self.opts.init is not None:  # a checkpoint written before the init's record was carried
@@ -337,12 +346,12 @@ class GeneratorAETrainer:
         import numpy as np
 
         g = torch.Generator().manual_seed(1234)
-        z = torch.randn(n * 2, self.opts.z_dim, generator=g)
+        z = torch.randn(n * 2, self.opts.z_dim, generator=g).to(self.device)
         pri = self.G_ema(z, truncation_psi=0.7, noise_mode="const")
-        x = self.data.batch(list(range(n)))["image"]
+        x = self.data.batch(list(range(n)))["image"].to(self.device)
         rec = self.G_ema.synthesis(self.G_ema.broadcast(self.G_ema.mapping(self.E_ema(x)[0])), noise_mode="const")
         rows = torch.cat([pri, x, rec]).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-        rows = rows.permute(0, 2, 3, 1).numpy()
+        rows = rows.permute(0, 2, 3, 1).cpu().numpy()
         from ..common.imageio import make_grid
 
         return make_grid(np.asarray(rows), n)

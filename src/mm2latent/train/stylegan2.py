@@ -284,19 +284,27 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Read torchrun's environment; start gloo (CPU) or NCCL (GPU) when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+def pick_device(device: str = "auto", index: int = 0) -> torch.device:
+    """``--device`` (auto, cpu or cuda) as a torch device; auto takes the GPU when there is one."""
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise UserError("--device cuda was requested but no CUDA device is available")
-    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(dev)
+    if not use_cuda:
+        return torch.device("cpu")
+    dev = torch.device(f"cuda:{index}")
+    torch.cuda.set_device(dev)
+    return dev
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Read torchrun's environment; start gloo (CPU) or NCCL (GPU) when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    use_cuda = dev.type == "cuda"
     owns = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")

@@ -59,6 +59,24 @@ def test_class_frequencies_separate_parser_bias_from_generator():
     assert [v["renders"] for v in cf.values()] == [float(x) for x in class_frequencies(masks)]
 
 
+def test_class_frequencies_of_reconstructions():
+    """With an image encoder, the parser's class shares on the decoder's reconstructions of val
+    renders are a fourth column (over-drawing by the synthesis itself, not by the prior's w)."""
+    from mm2latent.eval.generator import parse_all, reconstruct, render_split
+    from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig
+    from mm2latent.perception import build_model
+
+    G, enc = tiny_generator_and_encoder()
+    image_encoder = ImageEncoder(ImageEncoderConfig(size=64, z_dim=16, widths=[8, 8, 16, 16])).eval()
+    parser = build_model("parser", {"base": 4, "depth": 3, "max_width": 16, "size": 64}).eval()
+    r = evaluate_generator(G, enc, num=12, truncation=0.7, parser=parser, image_encoder=image_encoder)
+    cf = r["class_frequencies"]
+    assert abs(sum(v["reconstructed"] for v in cf.values()) - 1) < 1e-6
+    with torch.no_grad():
+        want = class_frequencies(parse_all(parser, reconstruct(G, image_encoder, render_split("val", 12, 64)[0])))
+    assert [v["reconstructed"] for v in cf.values()] == [float(x) for x in want]
+    assert "reconstructed" not in evaluate_generator(G, enc, num=12, parser=parser)["class_frequencies"]["hair"]
+
 def test_judged_reconstructions_report_the_generator_ceiling():
     """The judges score renders against their own truth and reconstructions against the
     same truth; an image set identical to the renders scores identically."""

@@ -151,6 +151,12 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
         # the parser's bias (which generated / renders would include)
         out["class_frequencies"] = {n: {"generated": float(a), "renders": float(b), "renders_parsed": float(c)}
                                     for n, a, b, c in zip(CLASS_NAMES, fg, ft, fp)}
+        if rec is not None:
+            # the decoder's drawing with w from the encoder (of val renders: same distribution as the
+            # test split): over-drawing here is the synthesis's own, over-drawing only in "generated"
+            # comes from the prior's w (or the truncation)
+            for n, f in zip(CLASS_NAMES, class_frequencies(parse_all(parser, rec))):
+                out["class_frequencies"][n]["reconstructed"] = float(f)
     if rec is not None and parser is not None and analyzer is not None:
         out["reconstruction_judged"] = judge_reconstructions(other, rec, other_masks, split_attributes("val", num),
                                                              parser, analyzer)

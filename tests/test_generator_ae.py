@@ -172,6 +172,40 @@ def test_options_validation(cache, tmp_path):
 
 
 
+def test_class_share_loss_measures_class_sizes_not_pixels():
+    """Zero when every class is found as often as the masks hold it (even on the wrong pixels);
+    grows when a rare class is drawn too large, and its gradient shrinks that class."""
+    from mm2latent.train.generator_ae import class_share_loss
+
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask[:, :2, :2] = 3  # a small class: 4 of 64 pixels per image
+    exact = torch.full((2, 19, 8, 8), -30.0)
+    exact.scatter_(1, mask[:, None], 30.0)
+    shifted = exact.roll(shifts=3, dims=3)  # the same sizes, other pixels
+    assert class_share_loss(exact, mask).item() < 1e-6
+    assert class_share_loss(shifted, mask).item() < 1e-6
+    big = exact.clone()
+    big[:, 3, :4, :4], big[:, 0, :4, :4] = 30.0, -30.0  # class 3 drawn 4x too large
+    assert class_share_loss(big, mask).item() > 1.0
+    soft = torch.full((2, 19, 8, 8), -30.0)  # only classes 0 and 3 in play, softly: class 3 drawn too often
+    soft[:, 0] = 0.0
+    soft[:, 3] = -1.0
+    soft[:, 3, :4, :4] = 1.0
+    soft.requires_grad_(True)
+    class_share_loss(soft, mask).backward()
+    assert (soft.grad[:, 3] > 0).all()  # descent lowers class 3 everywhere
+
+
+def test_class_share_term_is_trained_and_recorded(cache, parser_file, tmp_path):
+    tr = train_generator_ae(_opts(cache, tmp_path / "r", parser=str(parser_file), seg_weight=1.0,
+                                  seg_freq_weight=0.5, steps=3))
+    assert "seg_freq" in tr.stats and tr.stats["seg_freq"] >= 0
+    meta = json.loads((tmp_path / "r" / "generator.json").read_text())
+    assert meta["training"]["losses"]["seg_freq_weight"] == 0.5
+    assert "--seg-freq-weight 0.5" in meta["training"]["phases"][-1]
+    with pytest.raises(UserError):
+        _opts(cache, tmp_path / "x", seg_freq_weight=-1.0).validate()
+
 def test_device_choice(cache, tmp_path):
     """--device: auto is the CPU here, cuda without a GPU is one clear error, a bad name is refused."""
     tr = GeneratorAETrainer(_opts(cache, tmp_path / "a", device="auto"))

@@ -48,6 +48,8 @@ def add_train_subcommands(models) -> None:
                    help="steps before --adv-start in which the discriminator already trains (use with --init)")
     g.add_argument("--seg-balance", type=float, default=0.0,
                    help="parser loss class weights freq**-P (0 = plain cross-entropy, 0.5 = inverse square root)")
+    g.add_argument("--seg-freq-weight", type=float, default=0.0,
+                   help="weight of the parser class-share term (log share of reconstructions vs masks, squared)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -207,7 +209,8 @@ def _train_generator_ae(a) -> int:
                                           attr_weight=a.attr_weight, coeff_weight=a.coeff_weight,
                                           adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume,
                                           freeze_latents=a.freeze_latents, init=a.init, d_warmup=a.d_warmup,
-                                          seg_balance=a.seg_balance, device=a.device))
+                                          seg_balance=a.seg_balance, device=a.device,
+                                          seg_freq_weight=a.seg_freq_weight))
     return 0
 
 

@@ -99,13 +99,19 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: training weights. Eyes, brows and lips cover ~0.2 % of the image each, so plain cross-entropy
     #: barely asks the synthesis to draw them
     seg_balance: float = 0.0
+    #: weight of a class-share term on the parser's output: per class c, (log(share_c of the
+    #: reconstructions) - log(share_c of the true masks))**2, summed over classes, with shares over the
+    #: batch's pixels and the parser's softmax sharpened by SEG_FREQ_TEMPERATURE (close to argmax, which
+    #: is how samples are judged). Cross-entropy scores pixels one by one, and on a blurry decoder (more so
+    #: class-weighted) its optimum draws small parts larger than they are; this term asks for their size
+    seg_freq_weight: float = 0.0
     #: auto (the GPU when there is one), cpu or cuda; a checkpoint resumes on either
     device: str = "auto"
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
-                 "analyzer", "d_warmup", "seg_balance", "device")
+                 "analyzer", "d_warmup", "seg_balance", "device", "seg_freq_weight")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -116,7 +122,8 @@ class GeneratorAEOptions(ckpt.OptionsDict):
             raise UserError("--batch must be >= 2 and --prior-batch >= 0")
         if self.d_warmup < 0 or not (0.0 <= self.seg_balance <= 1.0):
             raise UserError("--d-warmup must be >= 0 and --seg-balance in [0, 1]")
-        for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma", "attr_weight", "coeff_weight"):
+        for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma", "attr_weight", "coeff_weight",
+                     "seg_freq_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         self.model_config()
@@ -162,6 +169,10 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: d
         seg = F.cross_entropy(logits, mask, weight=seg_class_weights)
         loss = loss + o.seg_weight * seg
         stats["seg"] = seg.item()
+        if getattr(o, "seg_freq_weight", 0.0) > 0:
+            freq = class_share_loss(logits, mask)
+            loss = loss + o.seg_freq_weight * freq
+            stats["seg_freq"] = freq.item()
     if analyzer is not None:
         attr_logits, coeffs = analyzer(resized_for(x_rec, analyzer))
         if o.attr_weight > 0:
@@ -173,6 +184,20 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: d
             loss = loss + o.coeff_weight * coeff
             stats["coeff"] = coeff.item()
     return loss
+
+
+#: softmax temperature of :func:`class_share_loss` (1 = the parser's own probabilities; -> 0 = argmax)
+SEG_FREQ_TEMPERATURE = 0.5
+
+
+def class_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: float = SEG_FREQ_TEMPERATURE,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """sum_c (log(eps + predicted share of class c) - log(eps + true share of c))**2 over the batch's
+    pixels: zero when the parser finds every class in the batch exactly as often as the masks hold it,
+    whatever the pixels; the log makes a rare class drawn twice as often cost as much as a common one."""
+    pred = F.softmax(logits / temperature, dim=1).mean(dim=(0, 2, 3))
+    truth = torch.bincount(mask.reshape(-1), minlength=pred.numel()).to(pred.dtype) / mask.numel()
+    return (torch.log(pred + eps) - torch.log(truth + eps)).square().sum()
 
 
 class GeneratorAETrainer:
@@ -433,7 +458,8 @@ def legacy_init_training(opts: GeneratorAEOptions) -> dict[str, Any]:
 #: CLI flags recorded in a phase's command line when they differ from the defaults (option name, flag)
 PHASE_FLAGS = (("freeze_latents", "--freeze-latents"), ("adv_start", "--adv-start"), ("d_warmup", "--d-warmup"),
                ("adv_weight", "--adv-weight"), ("kl_weight", "--kl-weight"), ("seg_weight", "--seg-weight"),
-               ("seg_balance", "--seg-balance"), ("attr_weight", "--attr-weight"), ("coeff_weight", "--coeff-weight"),
+               ("seg_balance", "--seg-balance"), ("seg_freq_weight", "--seg-freq-weight"),
+               ("attr_weight", "--attr-weight"), ("coeff_weight", "--coeff-weight"),
                ("lr", "--lr"), ("batch", "--batch"), ("seed", "--seed"), ("steps", "--steps"),
                ("minutes", "--minutes"), ("threads", "--threads"))
 
@@ -476,8 +502,8 @@ def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
               "kimg": round(kimg0 + trainer.nimg / 1000, 3), "minutes": round(minutes0 + trainer.elapsed / 60, 1),
               "data": o.data, "last_phase": "synthesis-only adversarial sharpening "
               "(encoder and mapping frozen)" if o.freeze_latents else "autoencoder",
-              "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "attr_weight",
-                                                    "coeff_weight", "adv_weight")},
+              "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "seg_freq_weight",
+                                                    "attr_weight", "coeff_weight", "adv_weight")},
               "phases": phases}
     if o.init is not None:
         record["init"] = o.init

@@ -11,6 +11,7 @@ import torch
 
 from mm2latent.common.errors import UserError
 from mm2latent.models.stylegan2 import Generator, StyleGAN2Config, save_generator
+from mm2latent.world.attributes import ATTRIBUTES
 
 CLI = [sys.executable, "-m", "mm2latent.cli.main"]
 
@@ -114,6 +115,44 @@ def test_mixture_prior_keeps_modes_and_truncates_towards_its_components():
         GaussianLatentPrior.fit(x[:20], components=15)
 
 
+def test_stratified_prior_samples_a_rare_group_as_often_as_it_occurs():
+    """A rare group (8 %) that sits next to a broad common one: an unstratified 2-component mixture
+    may spend both components on the broad cloud and blend the rare one away; stratified by the
+    group labels, each group gets its own components, its weight is its share, and samples land
+    in it as often as it occurs (nearest-group test), also at psi = 0.7."""
+    from mm2latent.models.latent_prior import GaussianLatentPrior
+
+    g = torch.Generator().manual_seed(0)
+    d = 8
+    common = torch.randn(4600, d, generator=g) * 2.0
+    rare = torch.randn(400, d, generator=g) * 0.3 + torch.tensor([3.0] + [0.0] * (d - 1))
+    x, groups = torch.cat([common, rare]), torch.cat([torch.zeros(4600), torch.ones(400)]).long()
+    strat = GaussianLatentPrior.fit(x, components=3, groups=groups)
+    assert strat.config.components == 3
+    weights = strat.log_weights.exp()
+    assert torch.allclose(weights.sum(), torch.tensor(1.0), atol=1e-5)
+    rare_comp = torch.cdist(strat.means, rare.mean(0, keepdim=True))[:, 0].argmin()
+    assert abs(weights[rare_comp].item() - 0.08) < 1e-4  # the rare group's own component, at its share
+    assert torch.allclose(strat.mean, x.mean(0), atol=1e-3)
+    for psi in (1.0, 0.7):
+        s = strat.sample(20000, torch.Generator().manual_seed(1), truncation=psi)
+        in_rare = (s - rare.mean(0)).norm(dim=1) < 3 * 0.3 * d ** 0.5 * psi
+        assert abs(in_rare.float().mean().item() - 0.08) < 0.02
+    with pytest.raises(UserError, match="groups"):
+        GaussianLatentPrior.fit(x, components=1, groups=groups)
+    with pytest.raises(UserError, match="group labels"):
+        GaussianLatentPrior.fit(x, components=3, groups=groups[:10])
+
+
+def test_split_components_over_groups():
+    from mm2latent.models.latent_prior import split_components
+
+    assert split_components(16, [16000, 1700, 2100, 200]) == [13, 1, 1, 1]
+    assert sum(split_components(10, [500, 500])) == 10 and split_components(10, [500, 500]) == [5, 5]
+    assert split_components(5, [3, 3]) == [1, 1]  # never more than half a group's latents
+    assert split_components(4, [3, 3, 3, 3]) == [1, 1, 1, 1]
+
+
 def test_sample_uses_the_fitted_prior_beside_the_generator(tmp_path):
     from mm2latent.cli.sample import load_prior, sample_generator
     from mm2latent.models.latent_prior import GaussianLatentPrior
@@ -162,3 +201,19 @@ def test_fit_latent_prior_command(tmp_path):
     assert r.returncode == 0 and "mixture of 2" in r.stdout, r.stderr
     mix = load_module_file(tmp_path / "m.safetensors", "latent_prior")
     assert mix.config.components == 2 and mix.means.shape == (2, 16) and torch.isfinite(mix.chols).all()
+    r = subprocess.run(CLI + ["train", "latent-prior", "--data", str(cache), "--weights", str(weights), "--components",
+                              "4", "--stratify", "Male", "--out", str(tmp_path / "s.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "stratified by Male" in r.stdout, r.stderr
+    info = __import__("json").loads((tmp_path / "s.json").read_text())["fitted"]
+    assert info["stratified_by"] == ["Male"] and info["components"] == 4
+    strat = load_module_file(tmp_path / "s.safetensors", "latent_prior")
+    male_share = float(np.load(cache / "attributes.npy")[:, ATTRIBUTES.index("Male")].mean())
+    assert male_share not in (0.0, 1.0) and torch.isfinite(strat.chols).all()
+    assert torch.allclose(strat.log_weights.exp().sum(), torch.tensor(1.0), atol=1e-5)
+    for args, msg in ((["--stratify", "Wearing_Crown"], "unknown attribute"),
+                      (["--stratify", "Male,Eyeglasses", "--components", "1"], "fewer than")):
+        r = subprocess.run(CLI + ["train", "latent-prior", "--data", str(cache), "--weights", str(weights), *args,
+                                  "--out", str(tmp_path / "bad.safetensors")], capture_output=True, text=True)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad.safetensors").exists()

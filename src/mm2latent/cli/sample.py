@@ -117,9 +117,27 @@ def add_train_latent_prior(models) -> None:
     p.add_argument("--components", type=int, default=1,
                    help="1: one Gaussian; K > 1: a mixture of K full-covariance Gaussians (EM), which keeps rare "
                    "modes such as hats and truncates each sample towards its own component's mean")
+    p.add_argument("--stratify", default="", metavar="ATTR[,ATTR]",
+                   help="world attributes (e.g. Wearing_Hat,Eyeglasses) whose combinations each get their own "
+                   "share of the --components, fitted to their renders only, weighted by how often they occur: "
+                   "rare accessories are then sampled as often as they are rendered")
     p.add_argument("--seed", type=int, default=0, help="seed of the mixture's k-means++ start")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_fit_prior)
+
+
+def stratification_groups(attributes, names: list[str]):
+    """One integer label per render: the combination of the named 0/1 ``attributes`` (N, A) columns."""
+    import numpy as np
+    import torch
+
+    from ..world.attributes import ATTRIBUTES
+
+    unknown = [n for n in names if n not in ATTRIBUTES]
+    if unknown:
+        raise UserError(f"unknown attribute(s) {', '.join(unknown)} for --stratify (known: {', '.join(ATTRIBUTES)})")
+    cols = np.asarray(attributes)[:, [ATTRIBUTES.index(n) for n in names]].astype(np.int64)
+    return torch.from_numpy(cols @ (1 << np.arange(len(names), dtype=np.int64)))
 
 
 def _fit_prior(a) -> int:
@@ -146,12 +164,19 @@ def _fit_prior(a) -> int:
         raise UserError(f"need more than {G.w_dim} renders to fit the prior, got {n}")
     if n < 2 * a.components:
         raise UserError(f"--components {a.components} needs at least {2 * a.components} renders, got {n}")
+    names = [s.strip() for s in a.stratify.split(",") if s.strip()]
+    groups = stratification_groups(data.attributes[:n], names) if names else None
+    if groups is not None and a.components < len(torch.unique(groups)):
+        raise UserError(f"--components {a.components} is fewer than the {len(torch.unique(groups))} attribute "
+                        f"combinations of --stratify {a.stratify}")
     ws = encode_latents(G, E, data)
-    prior = GaussianLatentPrior.fit(ws, components=a.components, seed=a.seed)
-    info = {"fitted": {"data": str(a.data), "num": n, "generator": comp["generator_info"], "components": a.components,
+    prior = GaussianLatentPrior.fit(ws, components=a.components, seed=a.seed, groups=groups)
+    info = {"fitted": {"data": str(a.data), "num": n, "generator": comp["generator_info"],
+                       "components": prior.config.components, "stratified_by": names,
                        "seed": a.seed, "mean_norm": float(prior.mean.norm()),
                        "mean_log_likelihood": float(prior.log_prob(ws).mean())}}
     save_module(prior, out, half=False, extra=info)
-    what = "a Gaussian" if a.components == 1 else f"a mixture of {a.components} Gaussians"
+    k = prior.config.components
+    what = "a Gaussian" if k == 1 else f"a mixture of {k} Gaussians" + (f" stratified by {', '.join(names)}" if names else "")
     print(f"fitted {what} over w to {n} encoded renders -> {out}")
     return 0

@@ -76,33 +76,66 @@ class GaussianLatentPrior(nn.Module):
 
     @classmethod
     def fit(cls, latents: torch.Tensor, jitter: float = 1e-5, components: int = 1, seed: int = 0,
-            max_iter: int = 200) -> "GaussianLatentPrior":
+            max_iter: int = 200, groups: torch.Tensor | None = None) -> "GaussianLatentPrior":
         """Maximum-likelihood fit to ``latents`` (N, D), N > D; ``jitter`` (relative to
         the mean variance) keeps the covariances positive definite. ``components`` > 1
-        fits a mixture by EM (scikit-learn's GaussianMixture, k-means++ start, ``seed``)."""
+        fits a mixture by EM (scikit-learn's GaussianMixture, k-means++ start, ``seed``).
+
+        ``groups`` (N,) integer labels (e.g. hat x glasses of each render) stratify the
+        mixture: the components are shared out over the groups in proportion to their
+        sizes (at least one each), each group's mixture is fitted to its own latents only,
+        and its weights are scaled by the group's share. No component then straddles two
+        groups, so a rare group (hats) is sampled as often as it occurs, not blended away."""
         if latents.dim() != 2 or latents.shape[0] <= latents.shape[1]:
             raise UserError(f"need more latents than dimensions to fit a covariance, got {tuple(latents.shape)}")
         if components < 1 or latents.shape[0] < components * 2:
             raise UserError(f"cannot fit {components} components to {latents.shape[0]} latents")
         x = latents.double()
         reg = jitter * float(x.var(0).mean())
+        if groups is not None:
+            return cls._fit_stratified(x, groups, components, reg, seed, max_iter)
         prior = cls(LatentPriorConfig(dim=x.shape[1], components=components))
         if components == 1:
             cov = torch.cov(x.T) + reg * torch.eye(x.shape[1], dtype=x.dtype)
             prior.mean.copy_(x.mean(0).float())
             prior.chol.copy_(torch.linalg.cholesky(cov).float())
             return prior
-        from sklearn.mixture import GaussianMixture
+        weights, means, covs = _mixture(x, components, reg, seed, max_iter)
+        return prior._set_mixture(weights, means, covs)
 
-        gm = GaussianMixture(components, covariance_type="full", reg_covar=reg, max_iter=max_iter,
-                             init_params="k-means++", random_state=seed).fit(x.numpy())
-        weights = torch.from_numpy(gm.weights_)
-        means = torch.from_numpy(gm.means_)
-        prior.mean.copy_((weights[:, None] * means).sum(0).float())
-        prior.means.copy_(means.float())
-        prior.chols.copy_(torch.linalg.cholesky(torch.from_numpy(gm.covariances_)).float())
-        prior.log_weights.copy_(weights.log().float())
-        return prior
+    @classmethod
+    def _fit_stratified(cls, x: torch.Tensor, groups: torch.Tensor, components: int, reg: float, seed: int,
+                        max_iter: int) -> "GaussianLatentPrior":
+        groups = torch.as_tensor(groups).reshape(-1)
+        if groups.shape[0] != x.shape[0]:
+            raise UserError(f"{groups.shape[0]} group labels for {x.shape[0]} latents")
+        labels, counts = torch.unique(groups, return_counts=True)
+        share = counts.double() / counts.sum()
+        per_group = split_components(components, counts.tolist())
+        parts = []
+        for label, frac, k in zip(labels.tolist(), share.tolist(), per_group):
+            xg = x[groups == label]
+            if k == 1:  # one Gaussian; a group with fewer latents than dimensions leans on the jitter
+                cov = (torch.cov(xg.T) if xg.shape[0] > 1 else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype))
+                w, m, c = torch.ones(1, dtype=x.dtype), xg.mean(0, keepdim=True), cov[None]
+                c = c + reg * torch.eye(x.shape[1], dtype=x.dtype)
+            else:
+                w, m, c = _mixture(xg, k, reg, seed, max_iter)
+            parts.append((w * frac, m, c))
+        weights, means, covs = (torch.cat(t) for t in zip(*parts))
+        prior = cls(LatentPriorConfig(dim=x.shape[1], components=int(weights.shape[0])))
+        if prior.config.components == 1:
+            prior.mean.copy_(means[0].float())
+            prior.chol.copy_(torch.linalg.cholesky(covs[0]).float())
+            return prior
+        return prior._set_mixture(weights, means, covs)
+
+    def _set_mixture(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> "GaussianLatentPrior":
+        self.mean.copy_((weights[:, None] * means).sum(0).float())
+        self.means.copy_(means.float())
+        self.chols.copy_(torch.linalg.cholesky(covs).float())
+        self.log_weights.copy_(weights.log().float())
+        return self
 
     def sample(self, num: int, generator: torch.Generator | None = None, truncation: float = 1.0) -> torch.Tensor:
         """(num, D) latents; ``truncation`` psi scales the deviation from the mean -- for a
@@ -128,6 +161,36 @@ class GaussianLatentPrior(nn.Module):
         if component is None:
             raise ValueError("a mixture prior needs the component of each sample")
         return self.means[component] + torch.einsum("nij,nj->ni", self.chols[component], eps)
+
+
+def split_components(components: int, counts: list[int]) -> list[int]:
+    """Share ``components`` out over groups of ``counts`` latents: proportionally (largest
+    remainder), at least one per group, and never more than a group's latents / 2."""
+    if components < len(counts):
+        raise UserError(f"{components} components cannot cover {len(counts)} groups (one each at least)")
+    total = sum(counts)
+    exact = [components * c / total for c in counts]
+    k = [max(1, int(e)) for e in exact]
+    order = sorted(range(len(counts)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    i = 0
+    while sum(k) < components and i < 10 * len(counts) * components:
+        j = order[i % len(order)]
+        if k[j] + 1 <= counts[j] // 2:
+            k[j] += 1
+        i += 1
+    while sum(k) > components:  # the minimum of one each overshot: take from the largest
+        j = max(range(len(k)), key=lambda i: k[i])
+        k[j] -= 1
+    return [min(kk, max(1, c // 2)) for kk, c in zip(k, counts)]
+
+
+def _mixture(x: torch.Tensor, k: int, reg: float, seed: int, max_iter: int):
+    """(weights, means, covariances) of a k-component full-covariance mixture fitted by EM."""
+    from sklearn.mixture import GaussianMixture
+
+    gm = GaussianMixture(k, covariance_type="full", reg_covar=reg, max_iter=max_iter,
+                         init_params="k-means++", random_state=seed).fit(x.numpy())
+    return torch.from_numpy(gm.weights_), torch.from_numpy(gm.means_), torch.from_numpy(gm.covariances_)
 
 
 def _gauss_log_prob(w: torch.Tensor, mean: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: cannot read evaluation {path}: {e}", file=sys.stderr)
             return 2
     names = list(rows)
-    w = max(12, *(len(n) for n in names))
+    w = max(12, *(len(n) for n in names)) + 2
     print(f"{'':28}" + "".join(f"{n:>{w}}" for n in names))
     for key in ("frechet_generated", "kid_generated_x100", "frechet_reconstructions", "reconstruction_parser_miou"):
         print(f"{key:28}" + "".join(f"{str(rows[n][key]):>{w}}" for n in names))

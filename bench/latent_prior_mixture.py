@@ -14,6 +14,11 @@ renders, and how often the accessories appear (the analyzer's rate of
 Wearing_Hat / Eyeglasses / Wearing_Earrings / Wearing_Necklace, and the parser's
 hat pixel share) next to the renders' true rates.
 
+A K suffixed with ``s`` (``--components 16,16s``) fits the mixture stratified by
+``--stratify`` (default Wearing_Hat,Eyeglasses): each attribute combination gets its
+own share of the K components, fitted to its renders only (``mm2latent train
+latent-prior --stratify``).
+
 With ``--val``, each prior's mean log-likelihood of encoded val-split renders: the
 criterion K is chosen by (the test renders only measure).
 
@@ -36,7 +41,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
-from mm2latent.cli.sample import sample_generator  # noqa: E402
+from mm2latent.cli.sample import sample_generator, stratification_groups  # noqa: E402
 from mm2latent.common.palette import CLASS_NAMES  # noqa: E402
 from mm2latent.eval.generator import class_frequencies, render_split, split_attributes, to_float  # noqa: E402
 from mm2latent.eval.realism import encoder_features, frechet_distance, kernel_inception_distance  # noqa: E402
@@ -65,7 +70,8 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="world cache of training renders (the prior is fitted to their w)")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--fit-num", type=int, default=20000)
-    ap.add_argument("--components", default="1,8,32")
+    ap.add_argument("--components", default="1,8,32", help="comma list of K; K's' = stratified by --stratify")
+    ap.add_argument("--stratify", default="Wearing_Hat,Eyeglasses")
     ap.add_argument("--truncation", default="0.7,1.0")
     ap.add_argument("--num", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
@@ -96,22 +102,27 @@ def main() -> None:
     ref = encoder_features(controls.encoder, test)
     truth = split_attributes("test", a.num).mean(0)
     col = [ATTRIBUTES.index(n) for n in ACCESSORIES]
-    hat = CLASS_NAMES.index("hat")
+    hat, glasses = CLASS_NAMES.index("hat"), CLASS_NAMES.index("eye_g")
+    groups = stratification_groups(CachedWorldDataset(a.data, length=a.fit_num).attributes[:len(ws)],
+                                   [n.strip() for n in a.stratify.split(",") if n.strip()])
     table = {"command": " ".join(sys.argv), "fit_latents": len(ws), "num": a.num,
              "feature_space": "world CLIP image tower, unnormalised 512-d", "reference": "test-split renders",
              "renders": {"accessory_rate": {n: round(float(truth[c]), 4) for n, c in zip(ACCESSORIES, col)},
-                         "hat_pixel_share": round(float(class_frequencies(test_masks)[hat]), 5)},
+                         "hat_pixel_share": round(float(class_frequencies(test_masks)[hat]), 5),
+                         "eyeglasses_pixel_share": round(float(class_frequencies(test_masks)[glasses]), 5)},
              "rows": {}}
-    for k in (int(v) for v in a.components.split(",")):
+    for spec in a.components.split(","):
+        k, strat = int(spec.rstrip("s")), spec.endswith("s")
         t0 = time.time()
-        prior = GaussianLatentPrior.fit(ws, components=k, seed=a.seed)
+        prior = GaussianLatentPrior.fit(ws, components=k, seed=a.seed, groups=groups if strat else None)
         fit_s = time.time() - t0
         if a.save_dir:
             from mm2latent.perception import save_module
 
             Path(a.save_dir).mkdir(parents=True, exist_ok=True)
-            save_module(prior, Path(a.save_dir) / f"prior_k{k}.safetensors", half=False,
-                        extra={"fitted": {"data": a.data, "num": len(ws), "components": k}})
+            save_module(prior, Path(a.save_dir) / f"prior_k{spec}.safetensors", half=False,
+                        extra={"fitted": {"data": a.data, "num": len(ws), "components": prior.config.components,
+                                          "stratified_by": a.stratify.split(",") if strat else []}})
         fit_ll = float(prior.log_prob(ws).mean())
         val_ll = None if val_ws is None else round(float(prior.log_prob(val_ws).mean()), 1)
         for psi in (float(v) for v in a.truncation.split(",")):
@@ -120,12 +131,14 @@ def main() -> None:
             kid, kid_std = kernel_inception_distance(feats, ref, subset_size=min(1000, a.num))
             probs, masks = judged(x, controls)
             rate = (probs[:, col] > 0.5).mean(0)
-            row = {"components": k, "truncation": psi, "frechet": round(frechet_distance(feats, ref), 2),
+            freq = class_frequencies(masks)
+            row = {"components": k, "stratified": strat, "truncation": psi, "frechet": round(frechet_distance(feats, ref), 2),
                    "kid": round(kid, 4), "kid_std": round(kid_std, 4), "fit_seconds": round(fit_s, 1),
                    "train_log_likelihood": round(fit_ll, 1), "val_log_likelihood": val_ll,
                    "accessory_rate": {n: round(float(r), 4) for n, r in zip(ACCESSORIES, rate)},
-                   "hat_pixel_share": round(float(class_frequencies(masks)[hat]), 5)}
-            name = f"K={k}, psi={psi:g}"
+                   "hat_pixel_share": round(float(freq[hat]), 5),
+                   "eyeglasses_pixel_share": round(float(freq[glasses]), 5)}
+            name = f"K={k}{' stratified' if strat else ''}, psi={psi:g}"
             table["rows"][name] = row
             print(name, json.dumps(row), flush=True)
     emit_json_report(table, a.out)

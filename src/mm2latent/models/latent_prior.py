@@ -112,13 +112,18 @@ class GaussianLatentPrior(nn.Module):
         labels, counts = torch.unique(groups, return_counts=True)
         share = counts.double() / counts.sum()
         per_group = split_components(components, counts.tolist())
+        # a small group (hats with glasses: ~1 % of renders) has too few latents for a 256-d covariance;
+        # it borrows the pooled within-group covariance in proportion d / (n + d)
+        centred = torch.cat([x[groups == label] - x[groups == label].mean(0) for label in labels.tolist()])
+        pooled = centred.T @ centred / max(1, x.shape[0] - len(labels))
         parts = []
         for label, frac, k in zip(labels.tolist(), share.tolist(), per_group):
             xg = x[groups == label]
-            if k == 1:  # one Gaussian; a group with fewer latents than dimensions leans on the jitter
-                cov = (torch.cov(xg.T) if xg.shape[0] > 1 else torch.zeros(x.shape[1], x.shape[1], dtype=x.dtype))
+            if k == 1:  # one Gaussian, its covariance shrunk towards the within-group covariance of all latents
+                n, d = xg.shape
+                own = torch.cov(xg.T) if n > 1 else torch.zeros(d, d, dtype=x.dtype)
+                cov = (n * own + d * pooled) / (n + d) + reg * torch.eye(d, dtype=x.dtype)
                 w, m, c = torch.ones(1, dtype=x.dtype), xg.mean(0, keepdim=True), cov[None]
-                c = c + reg * torch.eye(x.shape[1], dtype=x.dtype)
             else:
                 w, m, c = _mixture(xg, k, reg, seed, max_iter)
             parts.append((w * frac, m, c))

@@ -370,3 +370,36 @@ def test_history_of_records_without_phases():
     assert (step, kimg, minutes) == (40, 0.64, 2.5) and phases == ["steps 0-40: autoencoder"]
     with pytest.raises(UserError, match="phases"):
         carried_history({"step": 1, "phases": "steps 0-1"})
+
+
+def test_gpu_phase_script_runs_variants_side_by_side(tmp_path):
+    """tools/gpu_generator_phase.sh (made for a lent GPU machine) on the CPU with a tiny budget: it renders
+    the train split once, trains one run per variant at once from the shipped weights, and leaves each
+    run's export, with that variant's flags in its training record, in OUT/vN.tar."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "src/mm2latent/weights/generator.safetensors").exists():
+        pytest.skip("no shipped weights")
+    out = tmp_path / "out"
+    env = dict(os.environ, PY=sys.executable, DEVICE="cpu", THREADS="1", WORK=str(tmp_path / "work"))
+    r = subprocess.run(["bash", "tools/gpu_generator_phase.sh", str(out), "70", "12",
+                        "--seg-balance 0 --seg-freq-weight 0.03 --batch 2", "--seg-balance 0 --batch 2"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = (out / "env.txt").read_text()
+    assert "rendered 12" in log and "training 2 run(s)" in log and "v1 rc=0" in log and "v2 rc=0" in log
+    records = []
+    for name in ("v1", "v2"):
+        with tarfile.open(out / f"{name}.tar") as t:
+            assert {"generator.safetensors", "generator.json", "log.jsonl"} <= set(t.getnames())
+            records.append(json.load(t.extractfile("generator.json"))["training"])
+    assert records[0]["losses"]["seg_freq_weight"] == 0.03 and records[0]["losses"]["seg_balance"] == 0.0
+    assert records[1]["losses"].get("seg_freq_weight", 0.0) == 0.0
+    shipped = json.loads((root / "src/mm2latent/weights/generator.json").read_text())["training"]["step"]
+    assert all(rec["step"] > shipped for rec in records)  # continued from the shipped generator's step

@@ -154,12 +154,13 @@ def resized_for(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
     return x if x.shape[-1] == s else F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
 
 
-def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: dict[str, float],
+def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict[str, float], *,
+                 seg_weight: float, attr_weight: float, coeff_weight: float, seg_freq_weight: float = 0.0,
                  seg_class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """The frozen judges' losses on reconstructions against the renderer's truth in ``batch``:
-    ``o.seg_weight`` x parser cross-entropy (mask), ``o.attr_weight`` x analyzer attribute BCE,
-    ``o.coeff_weight`` x analyzer coefficient MSE; each term's value goes into ``stats``.
-    ``seg_class_weights`` (19,) weighs the parser cross-entropy per class."""
+    ``seg_weight`` x parser cross-entropy (mask), ``seg_freq_weight`` x :func:`class_share_loss`,
+    ``attr_weight`` x analyzer attribute BCE, ``coeff_weight`` x analyzer coefficient MSE; each
+    term's value goes into ``stats``. ``seg_class_weights`` (19,) weighs the parser cross-entropy per class."""
     loss = x_rec.new_zeros(())
     if parser is not None:
         logits = parser(resized_for(x_rec, parser))
@@ -167,21 +168,21 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, o, stats: d
         if logits.shape[-1] != mask.shape[-1]:
             logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)
         seg = F.cross_entropy(logits, mask, weight=seg_class_weights)
-        loss = loss + o.seg_weight * seg
+        loss = loss + seg_weight * seg
         stats["seg"] = seg.item()
-        if getattr(o, "seg_freq_weight", 0.0) > 0:
+        if seg_freq_weight > 0:
             freq = class_share_loss(logits, mask)
-            loss = loss + o.seg_freq_weight * freq
+            loss = loss + seg_freq_weight * freq
             stats["seg_freq"] = freq.item()
     if analyzer is not None:
         attr_logits, coeffs = analyzer(resized_for(x_rec, analyzer))
-        if o.attr_weight > 0:
+        if attr_weight > 0:
             attr = F.binary_cross_entropy_with_logits(attr_logits, batch["attributes"])
-            loss = loss + o.attr_weight * attr
+            loss = loss + attr_weight * attr
             stats["attr"] = attr.item()
-        if o.coeff_weight > 0:
+        if coeff_weight > 0:
             coeff = F.mse_loss(coeffs, batch["coeffs"])
-            loss = loss + o.coeff_weight * coeff
+            loss = loss + coeff_weight * coeff
             stats["coeff"] = coeff.item()
     return loss
 
@@ -284,7 +285,9 @@ class GeneratorAETrainer:
             kl = kl_to_standard_normal(mu, logvar).mean()
             loss = rec + o.kl_weight * kl
             stats["rec"], stats["kl"] = rec.item(), kl.item()
-        loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, o, stats, self.seg_class_weights)
+        loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, stats, seg_weight=o.seg_weight,
+                                   attr_weight=o.attr_weight, coeff_weight=o.coeff_weight,
+                                   seg_freq_weight=o.seg_freq_weight, seg_class_weights=self.seg_class_weights)
         x_pri = None
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()

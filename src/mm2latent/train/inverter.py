@@ -179,7 +179,8 @@ class InverterTrainer:
             lat = F.mse_loss(ws[nr:], target_ws)
             loss = loss + o.latent_weight * lat
             stats["latent"] = lat.item()
-        loss = loss + judge_losses(y[:nr], b, self.parser, self.analyzer, o, stats)
+        loss = loss + judge_losses(y[:nr], b, self.parser, self.analyzer, stats, seg_weight=o.seg_weight,
+                                   attr_weight=o.attr_weight, coeff_weight=o.coeff_weight)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 5.0)

@@ -166,8 +166,9 @@ def _fit_prior(a) -> int:
         raise UserError(f"--components {a.components} needs at least {2 * a.components} renders, got {n}")
     names = [s.strip() for s in a.stratify.split(",") if s.strip()]
     groups = stratification_groups(data.attributes[:n], names) if names else None
-    if groups is not None and a.components < len(torch.unique(groups)):
-        raise UserError(f"--components {a.components} is fewer than the {len(torch.unique(groups))} attribute "
+    combos = 0 if groups is None else len(torch.unique(groups))
+    if a.components < combos:  # checked before the slow encoding; fit() would refuse it too
+        raise UserError(f"--components {a.components} is fewer than the {combos} attribute "
                         f"combinations of --stratify {a.stratify}")
     ws = encode_latents(G, E, data)
     prior = GaussianLatentPrior.fit(ws, components=a.components, seed=a.seed, groups=groups)

@@ -94,14 +94,10 @@ class GaussianLatentPrior(nn.Module):
         reg = jitter * float(x.var(0).mean())
         if groups is not None:
             return cls._fit_stratified(x, groups, components, reg, seed, max_iter)
-        prior = cls(LatentPriorConfig(dim=x.shape[1], components=components))
         if components == 1:
             cov = torch.cov(x.T) + reg * torch.eye(x.shape[1], dtype=x.dtype)
-            prior.mean.copy_(x.mean(0).float())
-            prior.chol.copy_(torch.linalg.cholesky(cov).float())
-            return prior
-        weights, means, covs = _mixture(x, components, reg, seed, max_iter)
-        return prior._set_mixture(weights, means, covs)
+            return cls._from_parts(torch.ones(1, dtype=x.dtype), x.mean(0, keepdim=True), cov[None])
+        return cls._from_parts(*_mixture(x, components, reg, seed, max_iter))
 
     @classmethod
     def _fit_stratified(cls, x: torch.Tensor, groups: torch.Tensor, components: int, reg: float, seed: int,
@@ -110,15 +106,15 @@ class GaussianLatentPrior(nn.Module):
         if groups.shape[0] != x.shape[0]:
             raise UserError(f"{groups.shape[0]} group labels for {x.shape[0]} latents")
         labels, counts = torch.unique(groups, return_counts=True)
+        members = [x[groups == label] for label in labels.tolist()]
         share = counts.double() / counts.sum()
         per_group = split_components(components, counts.tolist())
         # a small group (hats with glasses: ~1 % of renders) has too few latents for a 256-d covariance;
         # it borrows the pooled within-group covariance in proportion d / (n + d)
-        centred = torch.cat([x[groups == label] - x[groups == label].mean(0) for label in labels.tolist()])
+        centred = torch.cat([xg - xg.mean(0) for xg in members])
         pooled = centred.T @ centred / max(1, x.shape[0] - len(labels))
         parts = []
-        for label, frac, k in zip(labels.tolist(), share.tolist(), per_group):
-            xg = x[groups == label]
+        for xg, frac, k in zip(members, share.tolist(), per_group):
             if k == 1:  # one Gaussian, its covariance shrunk towards the within-group covariance of all latents
                 n, d = xg.shape
                 own = torch.cov(xg.T) if n > 1 else torch.zeros(d, d, dtype=x.dtype)
@@ -127,20 +123,20 @@ class GaussianLatentPrior(nn.Module):
             else:
                 w, m, c = _mixture(xg, k, reg, seed, max_iter)
             parts.append((w * frac, m, c))
-        weights, means, covs = (torch.cat(t) for t in zip(*parts))
-        prior = cls(LatentPriorConfig(dim=x.shape[1], components=int(weights.shape[0])))
-        if prior.config.components == 1:
-            prior.mean.copy_(means[0].float())
-            prior.chol.copy_(torch.linalg.cholesky(covs[0]).float())
-            return prior
-        return prior._set_mixture(weights, means, covs)
+        return cls._from_parts(*(torch.cat(t) for t in zip(*parts)))
 
-    def _set_mixture(self, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> "GaussianLatentPrior":
-        self.mean.copy_((weights[:, None] * means).sum(0).float())
-        self.means.copy_(means.float())
-        self.chols.copy_(torch.linalg.cholesky(covs).float())
-        self.log_weights.copy_(weights.log().float())
-        return self
+    @classmethod
+    def _from_parts(cls, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor) -> "GaussianLatentPrior":
+        """The prior with these K weights (K,), means (K, D) and covariances (K, D, D); K = 1 is one Gaussian."""
+        prior = cls(LatentPriorConfig(dim=means.shape[1], components=int(weights.shape[0])))
+        prior.mean.copy_((weights[:, None] * means).sum(0).float())
+        if prior.config.components == 1:
+            prior.chol.copy_(torch.linalg.cholesky(covs[0]).float())
+        else:
+            prior.means.copy_(means.float())
+            prior.chols.copy_(torch.linalg.cholesky(covs).float())
+            prior.log_weights.copy_(weights.log().float())
+        return prior
 
     def sample(self, num: int, generator: torch.Generator | None = None, truncation: float = 1.0) -> torch.Tensor:
         """(num, D) latents; ``truncation`` psi scales the deviation from the mean -- for a
@@ -175,18 +171,18 @@ def split_components(components: int, counts: list[int]) -> list[int]:
         raise UserError(f"{components} components cannot cover {len(counts)} groups (one each at least)")
     total = sum(counts)
     exact = [components * c / total for c in counts]
-    k = [max(1, int(e)) for e in exact]
-    order = sorted(range(len(counts)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
-    i = 0
-    while sum(k) < components and i < 10 * len(counts) * components:
-        j = order[i % len(order)]
-        if k[j] + 1 <= counts[j] // 2:
-            k[j] += 1
-        i += 1
+    cap = [max(1, c // 2) for c in counts]
+    k = [min(max(1, int(e)), m) for e, m in zip(exact, cap)]
     while sum(k) > components:  # the minimum of one each overshot: take from the largest
-        j = max(range(len(k)), key=lambda i: k[i])
-        k[j] -= 1
-    return [min(kk, max(1, c // 2)) for kk, c in zip(k, counts)]
+        k[max(range(len(k)), key=lambda i: k[i])] -= 1
+    order = sorted(range(len(counts)), key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    while sum(k) < components:  # the rest by largest remainder, one per group and round, up to each cap
+        room = [j for j in order if k[j] < cap[j]]
+        if not room:
+            break
+        for j in room[:components - sum(k)]:
+            k[j] += 1
+    return k
 
 
 def _mixture(x: torch.Tensor, k: int, reg: float, seed: int, max_iter: int):

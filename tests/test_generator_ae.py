@@ -196,15 +196,32 @@ def test_class_share_loss_measures_class_sizes_not_pixels():
     assert (soft.grad[:, 3] > 0).all()  # descent lowers class 3 everywhere
 
 
+def test_lower_class_share_temperature_counts_unsure_parts_as_argmax_does():
+    """A part the parser is unsure of (p < 0.5 everywhere, so argmax finds none of it) nearly meets its
+    share at temperature 1, but at a low temperature the term sees it missing, as the judge does."""
+    from mm2latent.train.generator_ae import class_share_loss
+
+    mask = torch.zeros(1, 8, 8, dtype=torch.long)
+    mask[:, :2, :2] = 5  # class 5 holds 4 of 64 pixels
+    logits = torch.full((1, 19, 8, 8), -30.0)
+    logits[:, 0] = 0.0
+    logits[:, 5, :4, :4] = -0.4  # on 16 pixels class 5 gets p = 0.40: soft share ~ 6.4 / 64, argmax share 0
+    soft, sharp = class_share_loss(logits, mask, temperature=1.0), class_share_loss(logits, mask, temperature=0.1)
+    assert soft.item() < 1.0 < sharp.item()
+
+
 def test_class_share_term_is_trained_and_recorded(cache, parser_file, tmp_path):
     tr = train_generator_ae(_opts(cache, tmp_path / "r", parser=str(parser_file), seg_weight=1.0,
-                                  seg_freq_weight=0.5, steps=3))
+                                  seg_freq_weight=0.5, seg_freq_temperature=0.2, steps=3))
     assert "seg_freq" in tr.stats and tr.stats["seg_freq"] >= 0
     meta = json.loads((tmp_path / "r" / "generator.json").read_text())
     assert meta["training"]["losses"]["seg_freq_weight"] == 0.5
-    assert "--seg-freq-weight 0.5" in meta["training"]["phases"][-1]
+    assert meta["training"]["losses"]["seg_freq_temperature"] == 0.2
+    assert "--seg-freq-weight 0.5 --seg-freq-temperature 0.2" in meta["training"]["phases"][-1]
     with pytest.raises(UserError):
         _opts(cache, tmp_path / "x", seg_freq_weight=-1.0).validate()
+    with pytest.raises(UserError, match="temperature"):
+        _opts(cache, tmp_path / "x", seg_freq_temperature=0.0).validate()
 
 def test_device_choice(cache, tmp_path):
     """--device: auto is the CPU here, cuda without a GPU is one clear error, a bad name is refused."""

@@ -50,6 +50,8 @@ def add_train_subcommands(models) -> None:
                    help="parser loss class weights freq**-P (0 = plain cross-entropy, 0.5 = inverse square root)")
     g.add_argument("--seg-freq-weight", type=float, default=0.0,
                    help="weight of the parser class-share term (log share of reconstructions vs masks, squared)")
+    g.add_argument("--seg-freq-temperature", type=float, default=0.5,
+                   help="softmax temperature of the class-share term (lower = closer to the argmax that judges samples)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -210,7 +212,8 @@ def _train_generator_ae(a) -> int:
                                           adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume,
                                           freeze_latents=a.freeze_latents, init=a.init, d_warmup=a.d_warmup,
                                           seg_balance=a.seg_balance, device=a.device,
-                                          seg_freq_weight=a.seg_freq_weight))
+                                          seg_freq_weight=a.seg_freq_weight,
+                                          seg_freq_temperature=a.seg_freq_temperature))
     return 0
 
 

@@ -42,6 +42,8 @@ from . import state as ckpt
 from .stylegan2 import DataOrder, pick_device
 
 TRAIN_KIND = "generator-ae-train"
+#: default softmax temperature of :func:`class_share_loss` (1 = the parser's own probabilities; -> 0 = argmax)
+SEG_FREQ_TEMPERATURE = 0.5
 
 
 @dataclass
@@ -101,17 +103,22 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     seg_balance: float = 0.0
     #: weight of a class-share term on the parser's output: per class c, (log(share_c of the
     #: reconstructions) - log(share_c of the true masks))**2, summed over classes, with shares over the
-    #: batch's pixels and the parser's softmax sharpened by SEG_FREQ_TEMPERATURE (close to argmax, which
+    #: batch's pixels and the parser's softmax sharpened by seg_freq_temperature (close to argmax, which
     #: is how samples are judged). Cross-entropy scores pixels one by one, and on a blurry decoder (more so
     #: class-weighted) its optimum draws small parts larger than they are; this term asks for their size
     seg_freq_weight: float = 0.0
+    #: softmax temperature of the class-share term: lower is closer to the argmax that judges samples.
+    #: A part the parser is unsure of (a faint earring at p = 0.4) counts 0.4 of its pixels at
+    #: temperature 1 but none under argmax, so a soft share can be met while the argmax share falls short
+    seg_freq_temperature: float = SEG_FREQ_TEMPERATURE
     #: auto (the GPU when there is one), cpu or cuda; a checkpoint resumes on either
     device: str = "auto"
 
     #: may change when a run is resumed (budget, bookkeeping, and the loss schedule knobs)
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
-                 "analyzer", "d_warmup", "seg_balance", "device", "seg_freq_weight")
+                 "analyzer", "d_warmup", "seg_balance", "device", "seg_freq_weight",
+                 "seg_freq_temperature")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -126,6 +133,8 @@ class GeneratorAEOptions(ckpt.OptionsDict):
                      "seg_freq_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+        if not self.seg_freq_temperature > 0:
+            raise UserError("--seg-freq-temperature must be > 0")
         self.model_config()
         ImageEncoderConfig(size=self.size, z_dim=self.z_dim, widths=list(self.enc_widths))
 
@@ -156,7 +165,8 @@ def resized_for(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
 
 def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict[str, float], *,
                  seg_weight: float, attr_weight: float, coeff_weight: float, seg_freq_weight: float = 0.0,
-                 seg_class_weights: torch.Tensor | None = None) -> torch.Tensor:
+                 seg_class_weights: torch.Tensor | None = None,
+                 seg_freq_temperature: float = SEG_FREQ_TEMPERATURE) -> torch.Tensor:
     """The frozen judges' losses on reconstructions against the renderer's truth in ``batch``:
     ``seg_weight`` x parser cross-entropy (mask), ``seg_freq_weight`` x :func:`class_share_loss`,
     ``attr_weight`` x analyzer attribute BCE, ``coeff_weight`` x analyzer coefficient MSE; each
@@ -171,7 +181,7 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict
         loss = loss + seg_weight * seg
         stats["seg"] = seg.item()
         if seg_freq_weight > 0:
-            freq = class_share_loss(logits, mask)
+            freq = class_share_loss(logits, mask, temperature=seg_freq_temperature)
             loss = loss + seg_freq_weight * freq
             stats["seg_freq"] = freq.item()
     if analyzer is not None:
@@ -185,10 +195,6 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict
             loss = loss + coeff_weight * coeff
             stats["coeff"] = coeff.item()
     return loss
-
-
-#: softmax temperature of :func:`class_share_loss` (1 = the parser's own probabilities; -> 0 = argmax)
-SEG_FREQ_TEMPERATURE = 0.5
 
 
 def class_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: float = SEG_FREQ_TEMPERATURE,
@@ -287,7 +293,8 @@ class GeneratorAETrainer:
             stats["rec"], stats["kl"] = rec.item(), kl.item()
         loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, stats, seg_weight=o.seg_weight,
                                    attr_weight=o.attr_weight, coeff_weight=o.coeff_weight,
-                                   seg_freq_weight=o.seg_freq_weight, seg_class_weights=self.seg_class_weights)
+                                   seg_freq_weight=o.seg_freq_weight, seg_class_weights=self.seg_class_weights,
+                                   seg_freq_temperature=o.seg_freq_temperature)
         x_pri = None
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()
@@ -462,6 +469,7 @@ def legacy_init_training(opts: GeneratorAEOptions) -> dict[str, Any]:
 PHASE_FLAGS = (("freeze_latents", "--freeze-latents"), ("adv_start", "--adv-start"), ("d_warmup", "--d-warmup"),
                ("adv_weight", "--adv-weight"), ("kl_weight", "--kl-weight"), ("seg_weight", "--seg-weight"),
                ("seg_balance", "--seg-balance"), ("seg_freq_weight", "--seg-freq-weight"),
+               ("seg_freq_temperature", "--seg-freq-temperature"),
                ("attr_weight", "--attr-weight"), ("coeff_weight", "--coeff-weight"),
                ("lr", "--lr"), ("batch", "--batch"), ("seed", "--seed"), ("steps", "--steps"),
                ("minutes", "--minutes"), ("threads", "--threads"))
@@ -506,7 +514,7 @@ def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
               "data": o.data, "last_phase": "synthesis-only adversarial sharpening "
               "(encoder and mapping frozen)" if o.freeze_latents else "autoencoder",
               "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "seg_freq_weight",
-                                                    "attr_weight", "coeff_weight", "adv_weight")},
+                                                    "seg_freq_temperature", "attr_weight", "coeff_weight", "adv_weight")},
               "phases": phases}
     if o.init is not None:
         record["init"] = o.init

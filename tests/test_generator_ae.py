@@ -420,3 +420,43 @@ def test_gpu_phase_script_runs_variants_side_by_side(tmp_path):
     assert records[1]["losses"].get("seg_freq_weight", 0.0) == 0.0
     shipped = json.loads((root / "src/mm2latent/weights/generator.json").read_text())["training"]["step"]
     assert all(rec["step"] > shipped for rec in records)  # continued from the shipped generator's step
+
+
+def test_sample_share_term_on_prior_samples_trains_and_resumes_exactly(cache, parser_file, tmp_path):
+    """--sample-share-weight: each step decodes latents drawn from the latent prior, parses them and
+    pulls the running class shares of those samples towards the training masks' shares; the running
+    shares are part of the checkpoint, so a resumed run matches an uninterrupted one exactly."""
+    from mm2latent.models.latent_prior import GaussianLatentPrior
+    from mm2latent.train.generator_ae import dataset_class_shares
+    from mm2latent.world.cache import CachedWorldDataset
+
+    prior_file = tmp_path / "latent_prior.safetensors"
+    save_module(GaussianLatentPrior.fit(torch.randn(64, 16, generator=torch.Generator().manual_seed(1))), prior_file)
+    kw = dict(freeze_latents=True, parser=str(parser_file), seg_weight=1.0, sample_share_weight=1.0,
+              latent_prior=str(prior_file))
+    torch.manual_seed(0)
+    a = train_generator_ae(_opts(cache, tmp_path / "a", steps=4, **kw))
+    assert a.stats["sample_share"] > 0
+    data = CachedWorldDataset(cache)
+    masks = torch.as_tensor(np.asarray(data.batch(list(range(len(data))))["mask"]))
+    truth = torch.bincount(masks.reshape(-1), minlength=19).double() / masks.numel()
+    assert torch.allclose(dataset_class_shares(data).double(), truth, atol=1e-6)
+    assert not torch.equal(a.sample_shares, a.mask_shares)  # the samples' running shares moved
+    meta = json.loads((tmp_path / "a" / "generator.json").read_text())
+    assert meta["training"]["losses"]["sample_share_weight"] == 1.0
+    assert f"--sample-share-weight 1.0 --latent-prior {prior_file} --prior-batch 2" in meta["training"]["phases"][-1]
+
+    torch.manual_seed(0)
+    train_generator_ae(_opts(cache, tmp_path / "b", steps=2, **kw))
+    torch.manual_seed(5)
+    b = train_generator_ae(_opts(cache, tmp_path / "b", steps=4, resume=True, **kw))
+    assert torch.equal(a.sample_shares, b.sample_shares)
+    for (k, p), q in zip(a.G.state_dict().items(), b.G.state_dict().values()):
+        assert torch.equal(p, q), k
+
+    with pytest.raises(UserError, match="sample-share"):
+        _opts(cache, tmp_path / "x", **{**kw, "freeze_latents": False}).validate()
+    wrong = tmp_path / "wrong_prior.safetensors"
+    save_module(GaussianLatentPrior.fit(torch.randn(64, 8)), wrong)
+    with pytest.raises(UserError, match="8-d"):
+        GeneratorAETrainer(_opts(cache, tmp_path / "y", **{**kw, "latent_prior": str(wrong)}))

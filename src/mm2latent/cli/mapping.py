@@ -50,6 +50,12 @@ def add_train_subcommands(models) -> None:
                    help="parser loss class weights freq**-P (0 = plain cross-entropy, 0.5 = inverse square root)")
     g.add_argument("--seg-freq-weight", type=float, default=0.0,
                    help="weight of the parser class-share term (log share of reconstructions vs masks, squared)")
+    g.add_argument("--sample-share-weight", type=float, default=0.0,
+                   help="with --freeze-latents: class-share term on unconditional samples (w from --latent-prior), "
+                   "which also meet the discriminator")
+    g.add_argument("--latent-prior", default=None, metavar="FILE",
+                   help="latent_prior.safetensors the samples are drawn from (default: the shipped one)")
+    g.add_argument("--prior-batch", type=positive_int, default=8, help="unconditional samples per step")
     g.add_argument("--seg-freq-temperature", type=float, default=0.5,
                    help="softmax temperature of the class-share term (lower = closer to the argmax that judges samples)")
     g.add_argument("--seed", type=int, default=0)
@@ -213,7 +219,9 @@ def _train_generator_ae(a) -> int:
                                           freeze_latents=a.freeze_latents, init=a.init, d_warmup=a.d_warmup,
                                           seg_balance=a.seg_balance, device=a.device,
                                           seg_freq_weight=a.seg_freq_weight,
-                                          seg_freq_temperature=a.seg_freq_temperature))
+                                          seg_freq_temperature=a.seg_freq_temperature,
+                                          sample_share_weight=a.sample_share_weight, latent_prior=a.latent_prior,
+                                          prior_batch=a.prior_batch))
     return 0
 
 

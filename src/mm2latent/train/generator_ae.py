@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import UserError
+from ..common.palette import NUM_CLASSES
 from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
@@ -44,6 +45,8 @@ from .stylegan2 import DataOrder, pick_device
 TRAIN_KIND = "generator-ae-train"
 #: default softmax temperature of :func:`class_share_loss` (1 = the parser's own probabilities; -> 0 = argmax)
 SEG_FREQ_TEMPERATURE = 0.5
+#: weight of this step's samples in the running class shares of the sample-share term
+SAMPLE_SHARE_MOMENTUM = 0.1
 
 
 @dataclass
@@ -111,6 +114,15 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: A part the parser is unsure of (a faint earring at p = 0.4) counts 0.4 of its pixels at
     #: temperature 1 but none under argmax, so a soft share can be met while the argmax share falls short
     seg_freq_temperature: float = SEG_FREQ_TEMPERATURE
+    #: synthesis-only phases: weight of the class-share term on *unconditional samples*. ``prior_batch``
+    #: latents a step are drawn from the latent prior (``latent_prior``: a latent_prior.safetensors file;
+    #: None = the shipped one), decoded and parsed, and the running share of each class over those
+    #: samples (EMA, momentum SAMPLE_SHARE_MOMENTUM; the gradient flows through this step's part) is
+    #: pulled towards the training masks' share. Reconstructions can match the masks while samples do
+    #: not: a latent drawn between two hat latents decodes to half a hat. The samples also meet the
+    #: discriminator, as prior samples do in the autoencoder phase
+    sample_share_weight: float = 0.0
+    latent_prior: str | None = None
     #: auto (the GPU when there is one), cpu or cuda; a checkpoint resumes on either
     device: str = "auto"
 
@@ -118,7 +130,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
                  "analyzer", "d_warmup", "seg_balance", "device", "seg_freq_weight",
-                 "seg_freq_temperature")
+                 "seg_freq_temperature", "sample_share_weight")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -135,6 +147,12 @@ class GeneratorAEOptions(ckpt.OptionsDict):
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         if not self.seg_freq_temperature > 0:
             raise UserError("--seg-freq-temperature must be > 0")
+        if self.sample_share_weight < 0:
+            raise UserError("--sample-share-weight must be >= 0")
+        if self.sample_share_weight > 0 and not (self.freeze_latents and self.prior_batch >= 1
+                                                 and self.seg_weight > 0 and self.parser != ""):
+            raise UserError("--sample-share-weight needs --freeze-latents, --prior-batch >= 1 and the parser "
+                            "(--seg-weight > 0)")
         self.model_config()
         ImageEncoderConfig(size=self.size, z_dim=self.z_dim, widths=list(self.enc_widths))
 
@@ -197,6 +215,16 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict
     return loss
 
 
+def dataset_class_shares(data, num: int = 2000) -> torch.Tensor:
+    """(NUM_CLASSES,) share of each class over the masks of (up to ``num``, evenly spaced) training renders."""
+    idx = torch.linspace(0, len(data) - 1, min(num, len(data))).round().long().unique().tolist()
+    counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    for i in range(0, len(idx), 256):
+        mask = data.batch(idx[i:i + 256])["mask"]
+        counts += torch.bincount(mask.reshape(-1), minlength=NUM_CLASSES)[:NUM_CLASSES].double()
+    return (counts / counts.sum()).float()
+
+
 def class_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: float = SEG_FREQ_TEMPERATURE,
                      eps: float = 1e-4) -> torch.Tensor:
     """sum_c (log(eps + predicted share of class c) - log(eps + true share of c))**2 over the batch's
@@ -236,17 +264,32 @@ class GeneratorAETrainer:
             from .perception import class_weights
 
             self.seg_class_weights = torch.from_numpy(class_weights(self.data, power=opts.seg_balance)).float()
+        self.latent_prior = None
+        #: sample-share term: the training masks' class shares (target) and the samples' running shares
+        self.mask_shares = self.sample_shares = None
+        if opts.sample_share_weight > 0:
+            from ..perception import default_weights_dir, load_module_file
+
+            path = opts.latent_prior or default_weights_dir() / "latent_prior.safetensors"
+            self.latent_prior = load_module_file(path, "latent_prior").requires_grad_(False)
+            if self.latent_prior.config.dim != opts.w_dim:
+                raise UserError(f"latent prior {path} draws {self.latent_prior.config.dim}-d latents; "
+                                f"the generator's w is {opts.w_dim}-d")
+            self.mask_shares = dataset_class_shares(self.data)
+            self.sample_shares = self.mask_shares.clone()
         #: the "training" record of the --init weights (their history: steps, kimg, minutes, phases);
         #: empty without --init. Kept in checkpoints, so a resume never re-reads the init directory
         self.init_training: dict[str, Any] = {}
         if opts.init is not None and not resuming:
             self.init_training = load_init(self, opts.init)
         self.device = dev = pick_device(opts.device)
-        for m in (self.G, self.D, self.G_ema, self.E, self.E_ema, self.parser, self.analyzer):
+        for m in (self.G, self.D, self.G_ema, self.E, self.E_ema, self.parser, self.analyzer, self.latent_prior):
             if m is not None:
                 m.to(dev)
         if self.seg_class_weights is not None:
             self.seg_class_weights = self.seg_class_weights.to(dev)
+        if self.mask_shares is not None:
+            self.mask_shares, self.sample_shares = self.mask_shares.to(dev), self.sample_shares.to(dev)
         betas = (0.5, 0.99)
         self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
                                       {"params": list(self.E.parameters()), "lr": opts.enc_lr}], lr=opts.lr, betas=betas)
@@ -296,10 +339,18 @@ class GeneratorAETrainer:
                                    seg_freq_weight=o.seg_freq_weight, seg_class_weights=self.seg_class_weights,
                                    seg_freq_temperature=o.seg_freq_temperature)
         x_pri = None
+        if o.sample_share_weight > 0:  # unconditional samples: w from the latent prior
+            with torch.no_grad():
+                w_pri = self.latent_prior.sample(o.prior_batch).to(dev)
+            x_pri = G.synthesis(G.broadcast(w_pri), noise_mode="random")
+            share = self.sample_share_step(self.parser(resized_for(x_pri, self.parser)))
+            loss = loss + o.sample_share_weight * share
+            stats["sample_share"] = share.item()
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()
             if o.prior_batch and not o.freeze_latents:
                 x_pri = G(torch.randn(o.prior_batch, o.z_dim, device=dev))
+            if x_pri is not None:
                 adv = adv + F.softplus(-D(x_pri)).mean()
             loss = loss + o.adv_weight * o.adv_every * adv
             stats["adv_G"] = adv.item()
@@ -345,6 +396,16 @@ class GeneratorAETrainer:
         self.stats = stats
         return stats
 
+    def sample_share_step(self, logits: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+        """The sample-share loss for parser ``logits`` of this step's samples: sum over classes of
+        (log running share - log mask share)**2, the running share being an EMA over steps (one batch
+        of 8 holds a hat in under one sample on average; its own shares are too noisy to aim at)."""
+        o = self.opts
+        pred = F.softmax(logits / o.seg_freq_temperature, dim=1).mean(dim=(0, 2, 3))
+        running = (1 - SAMPLE_SHARE_MOMENTUM) * self.sample_shares + SAMPLE_SHARE_MOMENTUM * pred
+        self.sample_shares = running.detach()
+        return (torch.log(running + eps) - torch.log(self.mask_shares + eps)).square().sum()
+
     # ------------------------------------------------------------------ state
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -359,6 +420,8 @@ class GeneratorAETrainer:
             tensors.update(t)
             meta["optim"][name] = m
         tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors(self.device).items()})
+        if self.sample_shares is not None:
+            tensors["sample_shares"] = self.sample_shares.detach().cpu()
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -370,6 +433,8 @@ class GeneratorAETrainer:
         self.elapsed = float(meta["elapsed"])
         self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
         ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
+        if self.sample_shares is not None and "sample_shares" in tensors:
+            self.sample_shares = tensors["sample_shares"].to(self.sample_shares)
         if "init_training" in meta:
             self.init_training = dict(meta["init_training"] or {})
         elif self.opts.init is not None:  # a checkpoint written before the init's record was carried
@@ -469,7 +534,8 @@ def legacy_init_training(opts: GeneratorAEOptions) -> dict[str, Any]:
 PHASE_FLAGS = (("freeze_latents", "--freeze-latents"), ("adv_start", "--adv-start"), ("d_warmup", "--d-warmup"),
                ("adv_weight", "--adv-weight"), ("kl_weight", "--kl-weight"), ("seg_weight", "--seg-weight"),
                ("seg_balance", "--seg-balance"), ("seg_freq_weight", "--seg-freq-weight"),
-               ("seg_freq_temperature", "--seg-freq-temperature"),
+               ("seg_freq_temperature", "--seg-freq-temperature"), ("sample_share_weight", "--sample-share-weight"),
+               ("latent_prior", "--latent-prior"), ("prior_batch", "--prior-batch"),
                ("attr_weight", "--attr-weight"), ("coeff_weight", "--coeff-weight"),
                ("lr", "--lr"), ("batch", "--batch"), ("seed", "--seed"), ("steps", "--steps"),
                ("minutes", "--minutes"), ("threads", "--threads"))
@@ -514,7 +580,7 @@ def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
               "data": o.data, "last_phase": "synthesis-only adversarial sharpening "
               "(encoder and mapping frozen)" if o.freeze_latents else "autoencoder",
               "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "seg_freq_weight",
-                                                    "seg_freq_temperature", "attr_weight", "coeff_weight", "adv_weight")},
+                                                    "seg_freq_temperature", "sample_share_weight", "attr_weight", "coeff_weight", "adv_weight")},
               "phases": phases}
     if o.init is not None:
         record["init"] = o.init

@@ -17,6 +17,8 @@ Losses (generator + encoder):
     L1(x_rec, x) + kl_weight * KL + seg_weight * CE(parser(x_rec), mask)
     + attr_weight * BCE(analyzer_attr(x_rec), attributes) + coeff_weight * MSE(analyzer_coeffs(x_rec), coeffs)
     + adv_weight * [softplus(-D(x_rec)) + softplus(-D(G(z_prior)))]
+    (+ seg_freq_weight * class shares of reconstructions vs masks, and in synthesis-only phases
+    sample_share_weight * class shares of samples from the latent prior vs the training masks)
 Discriminator: non-saturating logistic loss with lazy R1 on reals.
 
 Checkpoints (all weights, optimisers, RNG states, data position, elapsed
@@ -35,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import UserError
-from ..common.palette import NUM_CLASSES
 from ..common.fileio import check_writable_dir, write_text_atomic
+from ..common.palette import NUM_CLASSES
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
 from . import state as ckpt

@@ -456,6 +456,10 @@ def test_sample_share_term_on_prior_samples_trains_and_resumes_exactly(cache, pa
 
     with pytest.raises(UserError, match="sample-share"):
         _opts(cache, tmp_path / "x", **{**kw, "freeze_latents": False}).validate()
+    from mm2latent.train.generator_ae import phase_description  # a phase without D says so
+
+    assert phase_description(_opts(cache, tmp_path / "x", init="w", adv_weight=0.0, **kw)).endswith("no discriminator")
+    assert "fresh discriminator" in phase_description(_opts(cache, tmp_path / "x", init="w", **kw))
     wrong = tmp_path / "wrong_prior.safetensors"
     save_module(GaussianLatentPrior.fit(torch.randn(64, 8)), wrong)
     with pytest.raises(UserError, match="8-d"):

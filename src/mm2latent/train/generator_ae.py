@@ -564,7 +564,8 @@ def phase_description(o: GeneratorAEOptions) -> str:
     what = ("synthesis-only (encoder and mapping frozen)" if o.freeze_latents
             else "autoencoder (encoder + mapping + synthesis)")
     if o.init is not None:
-        what += ", started from exported weights with a fresh discriminator"
+        what += ", started from exported weights"
+        what += " with a fresh discriminator" if o.adv_weight > 0 else ", no discriminator"
         if o.d_warmup and o.adv_weight > 0:
             what += f" (D-only for {o.d_warmup} steps)"
     return what
@@ -579,8 +580,9 @@ def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
     phases.append(f"steps {step0}-{step}: {phase_description(o)} ({phase_command(o)})")
     record = {"method": "autoencoding StyleGAN2 (VAE-GAN)", "step": step,
               "kimg": round(kimg0 + trainer.nimg / 1000, 3), "minutes": round(minutes0 + trainer.elapsed / 60, 1),
-              "data": o.data, "last_phase": "synthesis-only adversarial sharpening "
-              "(encoder and mapping frozen)" if o.freeze_latents else "autoencoder",
+              "data": o.data, "last_phase": ("synthesis-only (encoder and mapping frozen)"
+                                            + (", adversarial sharpening" if o.adv_weight > 0 else ", no discriminator")
+                                            if o.freeze_latents else "autoencoder"),
               "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "seg_freq_weight",
                                                     "seg_freq_temperature", "sample_share_weight", "attr_weight", "coeff_weight", "adv_weight")},
               "phases": phases}

@@ -427,7 +427,7 @@ def test_sample_share_term_on_prior_samples_trains_and_resumes_exactly(cache, pa
     pulls the running class shares of those samples towards the training masks' shares; the running
     shares are part of the checkpoint, so a resumed run matches an uninterrupted one exactly."""
     from mm2latent.models.latent_prior import GaussianLatentPrior
-    from mm2latent.train.generator_ae import dataset_class_shares
+    from mm2latent.train.perception import mask_class_shares
     from mm2latent.world.cache import CachedWorldDataset
 
     prior_file = tmp_path / "latent_prior.safetensors"
@@ -440,7 +440,8 @@ def test_sample_share_term_on_prior_samples_trains_and_resumes_exactly(cache, pa
     data = CachedWorldDataset(cache)
     masks = torch.as_tensor(np.asarray(data.batch(list(range(len(data))))["mask"]))
     truth = torch.bincount(masks.reshape(-1), minlength=19).double() / masks.numel()
-    assert torch.allclose(dataset_class_shares(data).double(), truth, atol=1e-6)
+    assert torch.allclose(torch.from_numpy(mask_class_shares(data, len(data))), truth, atol=1e-6)
+    assert torch.allclose(a.mask_shares.double(), truth, atol=1e-6)  # the term's target: every mask here
     assert not torch.equal(a.sample_shares, a.mask_shares)  # the samples' running shares moved
     meta = json.loads((tmp_path / "a" / "generator.json").read_text())
     assert meta["training"]["losses"]["sample_share_weight"] == 1.0

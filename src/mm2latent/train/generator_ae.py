@@ -38,7 +38,6 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
-from ..common.palette import NUM_CLASSES
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
 from . import state as ckpt
@@ -217,23 +216,23 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict
     return loss
 
 
-def dataset_class_shares(data, num: int = 2000) -> torch.Tensor:
-    """(NUM_CLASSES,) share of each class over the masks of (up to ``num``, evenly spaced) training renders."""
-    idx = torch.linspace(0, len(data) - 1, min(num, len(data))).round().long().unique().tolist()
-    counts = torch.zeros(NUM_CLASSES, dtype=torch.float64)
-    for i in range(0, len(idx), 256):
-        mask = data.batch(idx[i:i + 256])["mask"]
-        counts += torch.bincount(mask.reshape(-1), minlength=NUM_CLASSES)[:NUM_CLASSES].double()
-    return (counts / counts.sum()).float()
-
-
 def class_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: float = SEG_FREQ_TEMPERATURE,
                      eps: float = 1e-4) -> torch.Tensor:
     """sum_c (log(eps + predicted share of class c) - log(eps + true share of c))**2 over the batch's
     pixels: zero when the parser finds every class in the batch exactly as often as the masks hold it,
     whatever the pixels; the log makes a rare class drawn twice as often cost as much as a common one."""
-    pred = F.softmax(logits / temperature, dim=1).mean(dim=(0, 2, 3))
+    pred = soft_class_shares(logits, temperature)
     truth = torch.bincount(mask.reshape(-1), minlength=pred.numel()).to(pred.dtype) / mask.numel()
+    return log_share_gap(pred, truth, eps)
+
+
+def soft_class_shares(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(C,) share of each class over all pixels of parser ``logits`` (N, C, H, W), softmax at ``temperature``."""
+    return F.softmax(logits / temperature, dim=1).mean(dim=(0, 2, 3))
+
+
+def log_share_gap(pred: torch.Tensor, truth: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """sum_c (log(eps + pred_c) - log(eps + truth_c))**2: the class-share terms' distance."""
     return (torch.log(pred + eps) - torch.log(truth + eps)).square().sum()
 
 
@@ -277,7 +276,9 @@ class GeneratorAETrainer:
             if self.latent_prior.config.dim != opts.w_dim:
                 raise UserError(f"latent prior {path} draws {self.latent_prior.config.dim}-d latents; "
                                 f"the generator's w is {opts.w_dim}-d")
-            self.mask_shares = dataset_class_shares(self.data)
+            from .perception import mask_class_shares
+
+            self.mask_shares = torch.from_numpy(mask_class_shares(self.data, min(len(self.data), 2000))).float()
             self.sample_shares = self.mask_shares.clone()
         #: the "training" record of the --init weights (their history: steps, kimg, minutes, phases);
         #: empty without --init. Kept in checkpoints, so a resume never re-reads the init directory
@@ -402,11 +403,10 @@ class GeneratorAETrainer:
         """The sample-share loss for parser ``logits`` of this step's samples: sum over classes of
         (log running share - log mask share)**2, the running share being an EMA over steps (one batch
         of 8 holds a hat in under one sample on average; its own shares are too noisy to aim at)."""
-        o = self.opts
-        pred = F.softmax(logits / o.seg_freq_temperature, dim=1).mean(dim=(0, 2, 3))
+        pred = soft_class_shares(logits, self.opts.seg_freq_temperature)
         running = (1 - SAMPLE_SHARE_MOMENTUM) * self.sample_shares + SAMPLE_SHARE_MOMENTUM * pred
         self.sample_shares = running.detach()
-        return (torch.log(running + eps) - torch.log(self.mask_shares + eps)).square().sum()
+        return log_share_gap(running, self.mask_shares, eps)
 
     # ------------------------------------------------------------------ state
 

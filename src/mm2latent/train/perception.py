@@ -355,13 +355,17 @@ def read_masks(data, n: int) -> np.ndarray:
     return np.concatenate([data.batch(np.arange(a, min(n, a + 64)))["mask"].numpy() for a in range(0, n, 64)])
 
 
+def mask_class_shares(data, n: int, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """(num_classes,) share of each class over the pixels of the first ``n`` masks of ``data``."""
+    counts = np.bincount(read_masks(data, n).ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
+    return counts / max(1, counts.sum())
+
+
 def class_weights(data, num_classes: int = NUM_CLASSES, max_samples: int = 512, power: float = 0.5) -> np.ndarray:
     """Per-class weights freq ** -power (inverse square root by default),
     normalised so that the average pixel weighs 1, capped at 50: small parts such
     as eyes and earrings get gradient from the first steps instead of after thousands."""
-    n = min(len(data), max_samples if hasattr(data, "masks") else 64)
-    counts = np.bincount(read_masks(data, n).ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
-    freq = counts / max(1, counts.sum())
+    freq = mask_class_shares(data, min(len(data), max_samples if hasattr(data, "masks") else 64), num_classes)
     w = (freq + 1e-4) ** -power
     w = w / (w * freq).sum()
     return np.minimum(w, 50.0)

@@ -443,6 +443,9 @@ def test_sample_share_term_on_prior_samples_trains_and_resumes_exactly(cache, pa
     assert torch.allclose(torch.from_numpy(mask_class_shares(data, len(data))), truth, atol=1e-6)
     assert torch.allclose(a.mask_shares.double(), truth, atol=1e-6)  # the term's target: every mask here
     assert not torch.equal(a.sample_shares, a.mask_shares)  # the samples' running shares moved
+    # the prior draws on the CPU (its noise comes from the CPU generator) whatever --device is: on a
+    # GPU its factors once sat on the GPU while the noise did not, and every sample-share run failed
+    assert all(t.device.type == "cpu" for t in a.latent_prior.state_dict().values())
     meta = json.loads((tmp_path / "a" / "generator.json").read_text())
     assert meta["training"]["losses"]["sample_share_weight"] == 1.0
     assert f"--sample-share-weight 1.0 --latent-prior {prior_file} --prior-batch 2" in meta["training"]["phases"][-1]

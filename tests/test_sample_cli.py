@@ -144,6 +144,28 @@ def test_stratified_prior_samples_a_rare_group_as_often_as_it_occurs():
         GaussianLatentPrior.fit(x, components=3, groups=groups[:10])
 
 
+def test_mixture_components_are_drawn_in_proportion_to_their_weights():
+    """Systematic component draws: in any batch each component appears floor or ceil of num * weight
+    times (independent draws put a 7.5 % component anywhere from ~6 % to ~9 % of 2,000 samples), in
+    shuffled order, while each single draw still follows the weights (checked over many seeds)."""
+    from mm2latent.models.latent_prior import systematic_components
+
+    w = torch.tensor([0.6, 0.25, 0.075, 0.075])
+    for num in (1, 7, 40, 2000):
+        for seed in range(5):
+            c = systematic_components(w, num, torch.Generator().manual_seed(seed))
+            counts = torch.bincount(c, minlength=4).double()
+            assert c.shape == (num,) and counts.sum() == num
+            assert ((counts - num * w.double()).abs() < 1 + 1e-9).all(), counts
+    c = systematic_components(w, 2000, torch.Generator().manual_seed(0))
+    assert not torch.equal(c, c.sort().values)  # shuffled, not in component order
+    first = torch.stack([systematic_components(w, 3, torch.Generator().manual_seed(s)) for s in range(8000)])
+    for j in range(3):  # every position's marginal is the mixture's
+        assert torch.allclose(torch.bincount(first[:, j], minlength=4) / 8000.0, w, atol=0.02)
+    same = [systematic_components(w, 50, torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert torch.equal(*same)
+
+
 def test_split_components_over_groups():
     from mm2latent.models.latent_prior import split_components
 

@@ -144,7 +144,7 @@ class GaussianLatentPrior(nn.Module):
         without pulling every one towards the average face (rare modes such as hats stay)."""
         if self.config.components == 1:
             return self(truncation * torch.randn(num, self.config.dim, generator=generator))
-        comp = torch.multinomial(self.log_weights.exp(), num, replacement=True, generator=generator)
+        comp = systematic_components(self.log_weights.exp(), num, generator)
         eps = truncation * torch.randn(num, self.config.dim, generator=generator)
         return self(eps, comp)
 
@@ -162,6 +162,19 @@ class GaussianLatentPrior(nn.Module):
         if component is None:
             raise ValueError("a mixture prior needs the component of each sample")
         return self.means[component] + torch.einsum("nij,nj->ni", self.chols[component], eps)
+
+
+def systematic_components(weights: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(num,) mixture components, each drawn with probability ``weights`` (K,) as by
+    ``torch.multinomial``, but jointly by systematic sampling (one uniform offset, ``num`` evenly
+    spaced points through the cumulative weights, then shuffled): every component is drawn
+    floor(num * w_k) or ceil(num * w_k) times. Independent draws scatter the count of a rare
+    component widely (the hat components, 7.5 % of the weight, came out at 5.85 % in 2,000 draws
+    with seed 0, a 1-in-200 draw), and that noise read as a generator that draws too few hats."""
+    u = (torch.rand(1, generator=generator, dtype=torch.float64) + torch.arange(num, dtype=torch.float64)) / num
+    cdf = torch.cumsum(weights.double() / weights.double().sum(), 0)
+    comp = torch.searchsorted(cdf, u, right=True).clamp_(max=len(weights) - 1)
+    return comp[torch.randperm(num, generator=generator)]
 
 
 def split_components(components: int, counts: list[int]) -> list[int]:

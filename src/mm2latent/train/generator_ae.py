@@ -286,7 +286,8 @@ class GeneratorAETrainer:
         if opts.init is not None and not resuming:
             self.init_training = load_init(self, opts.init)
         self.device = dev = pick_device(opts.device)
-        for m in (self.G, self.D, self.G_ema, self.E, self.E_ema, self.parser, self.analyzer, self.latent_prior):
+        # the latent prior stays on the CPU: it draws from the CPU generator, the same stream on any device
+        for m in (self.G, self.D, self.G_ema, self.E, self.E_ema, self.parser, self.analyzer):
             if m is not None:
                 m.to(dev)
         if self.seg_class_weights is not None:

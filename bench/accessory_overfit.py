@@ -8,6 +8,8 @@ the overfit. If even this stays short, the shortfall is what the synthesis can d
 what its training asked of it. Nothing is saved; the shipped weights are only read.
 
     .venv/bin/python bench/accessory_overfit.py --num 64 --steps 200 --out docs/reports/accessory_overfit.json
+    .venv/bin/python bench/accessory_overfit.py --num 64 --steps 200 --widen 128:32,64:64 \
+        --out docs/reports/accessory_overfit_widened.json
 """
 
 import argparse
@@ -21,6 +23,7 @@ from mm2latent.common.fileio import emit_json_report
 from mm2latent.common.palette import CLASS_NAMES
 from mm2latent.eval.generator import parse_all, render_split, split_attributes
 from mm2latent.models.latent_prior import encode_latents
+from mm2latent.models.stylegan2 import widen_generator
 from mm2latent.pipeline import Pipeline
 from mm2latent.pipeline.core import default_weights_dir, load_optional
 from mm2latent.world.attributes import ATTRIBUTES
@@ -37,6 +40,9 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=64)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--widen", default=None, metavar="RES:CH,...",
+                    help="first widen these synthesis blocks (widen_generator; same images before the overfit), "
+                         "e.g. 128:32,64:64: is the narrow last block what limits the accessories?")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -44,6 +50,8 @@ def main() -> None:
     torch.manual_seed(0)
     pipe = Pipeline.from_pretrained()
     G, parser = pipe.G, pipe.controls.parser
+    if a.widen:
+        G = widen_generator(G, {int(r): int(c) for r, c in (item.split(":") for item in a.widen.split(","))})
     pool = 10 * a.num
     at = split_attributes("test", pool)
     wearing = (at[:, ATTRIBUTES.index("Wearing_Earrings")] > 0.5) | (at[:, ATTRIBUTES.index("Wearing_Necklace")] > 0.5)
@@ -78,7 +86,9 @@ def main() -> None:
         if step % 50 == 0 or step == a.steps:
             rows.append(measure(step, round(total, 4)))
     emit_json_report({"num": len(sel), "steps": a.steps, "lr": a.lr, "seconds": round(time.time() - t0),
-                      "command": f"bench/accessory_overfit.py --num {a.num} --steps {a.steps} --lr {a.lr}",
+                      "widths": {r: G.cfg.g_width(r) for r in G.cfg.resolutions},
+                      "command": f"bench/accessory_overfit.py --num {a.num} --steps {a.steps} --lr {a.lr}"
+                                 + (f" --widen {a.widen}" if a.widen else ""),
                       "renders_parsed_shares": ref, "ratio_to_parsed_renders": rows}, a.out)
 
 

@@ -239,3 +239,38 @@ def test_cpu_speed_reasonable():
         dt = time.perf_counter() - t
     assert out.shape == (8, 3, 128, 128)
     assert dt < 5.0 and math.isfinite(dt)
+
+
+def test_widened_generator_draws_the_same_images_and_can_use_its_new_channels():
+    """widen_generator adds channels to chosen synthesis blocks without changing a single image
+    (added channels feed existing ones through zero weights; toRGB's gain is compensated), keeps
+    every other tensor, and the added channels do receive gradient once trained; narrowing or an
+    unknown resolution is refused."""
+    from mm2latent.models.stylegan2 import widen_generator
+
+    torch.manual_seed(0)
+    G = Generator(StyleGAN2Config(resolution=32, z_dim=16, w_dim=16, mapping_layers=2,
+                                  channels={4: 32, 8: 32, 16: 16, 32: 8}))
+    with torch.no_grad():
+        for p in G.parameters():  # move off the init (zero noise strengths, unit biases) so that all paths count
+            p.add_(0.1 * torch.randn_like(p))
+    W = widen_generator(G, {32: 16, 16: 24})
+    assert [W.cfg.g_width(r) for r in W.cfg.resolutions] == [32, 32, 24, 16]
+    assert W.cfg.d_width(32) == G.cfg.d_width(32)  # the discriminator's widths are not touched
+    ws = torch.randn(6, G.num_ws, 16)
+    for mode in ("const", "none"):
+        assert torch.allclose(W.synthesis(ws, noise_mode=mode), G.synthesis(ws, noise_mode=mode), atol=1e-5)
+    z = torch.randn(3, 16)
+    assert torch.allclose(W(z, noise_mode="const"), G(z, noise_mode="const"), atol=1e-5)
+    old = G.state_dict()
+    for name, t in W.state_dict().items():
+        if t.shape == old[name].shape and "torgb.weight" not in name:
+            assert torch.equal(t, old[name]), name
+    conv1 = W.synthesis.blocks[-1].conv1
+    assert conv1.weight.shape == (16, 16, 3, 3) and torch.all(conv1.weight[:8, 8:] == 0)
+    W.synthesis(ws, noise_mode="const").square().mean().backward()
+    assert conv1.weight.grad[:8, 8:].abs().sum() > 0  # the silent channels still learn
+    with pytest.raises(UserError, match="cannot remove"):
+        widen_generator(G, {32: 4})
+    with pytest.raises(UserError, match="no synthesis block at \\[64\\]"):
+        widen_generator(G, {64: 8})

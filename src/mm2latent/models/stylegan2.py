@@ -488,6 +488,49 @@ class Generator(nn.Module):
         return (acc / n).float()
 
 
+@torch.no_grad()
+def widen_generator(G: Generator, widths: dict[int, int], seed: int = 0) -> Generator:
+    """A copy of ``G`` whose synthesis blocks at the resolutions in ``widths`` have that many channels,
+    drawing exactly the same images (network surgery to add capacity where the old widths run out,
+    e.g. the 16-channel last block that draws 128 px earrings at half size).
+
+    The added channels start silent: every weight from an added channel into an existing one (next
+    conv, toRGB) is zero, so demodulation and outputs are unchanged, while weights into added
+    channels keep their random init so training can grow them. toRGB's weight gain is
+    1/sqrt(channels), so its existing weights are rescaled to keep the product."""
+    cfg = G.cfg
+    old = {r: cfg.g_width(r) for r in cfg.resolutions}
+    unknown = sorted(set(widths) - set(old))
+    if unknown:
+        raise UserError(f"widen: no synthesis block at {unknown} px (blocks: {cfg.resolutions})")
+    narrower = [r for r, c in widths.items() if c < old[r]]
+    if narrower:
+        raise UserError(f"widen: {narrower[0]} px has {old[narrower[0]]} channels; widening cannot remove channels")
+    new_cfg = StyleGAN2Config.from_dict({**cfg.to_dict(), "channels": {str(r): widths.get(r, old[r]) for r in old},
+                                         "d_channels": {str(r): cfg.d_width(r) for r in old}})
+    torch.manual_seed(seed)
+    wide = Generator(new_cfg).to(G.w_avg.device)
+    src = G.state_dict()
+    dst = wide.state_dict()
+    for name, t in dst.items():
+        o = src[name]
+        if o.shape == t.shape:
+            t.copy_(o)
+            continue
+        lead = tuple(slice(0, n) for n in o.shape)
+        if name.endswith(".weight") and t.ndim == 4:  # conv / toRGB weight (out, in, k, k)
+            t[: o.shape[0], o.shape[1]:] = 0  # added inputs feed nothing that existed
+            t[lead] = o
+        else:  # biases, affine rows: existing entries copied, added ones keep their init
+            t[lead] = o
+    for i, res in enumerate(cfg.resolutions):
+        if res in widths and widths[res] != old[res]:
+            name = f"synthesis.blocks.{i}.torgb.weight"
+            dst[name][:, : old[res]] *= math.sqrt(widths[res] / old[res])
+    wide.load_state_dict(dst)
+    return wide
+
+
 # --------------------------------------------------------------------------- discriminator
 
 

@@ -39,6 +39,18 @@ def test_evaluate_generator_reports_references():
         assert np.isfinite(r[k]["frechet"]) and r[k]["frechet"] >= -1e-6
     # a random, untrained generator is farther from the renders than other renders are
     assert r["generated"]["frechet"] > r["renders_val"]["frechet"]
+    assert r["sampling"] == "mapping(z), z ~ N(0, I)"
+
+
+def test_report_says_how_prior_samples_were_drawn():
+    """A mixture's component draw changes the samples' class shares, so the report names it."""
+    from mm2latent.eval.generator import prior_sampling
+    from mm2latent.models.latent_prior import GaussianLatentPrior
+
+    x = torch.randn(400, 4, generator=torch.Generator().manual_seed(0))
+    assert prior_sampling(GaussianLatentPrior.fit(x)) == "w from the fitted latent prior (one Gaussian)"
+    mix = GaussianLatentPrior.fit(x, components=3)
+    assert prior_sampling(mix) == "w from the fitted latent prior (3 components, drawn systematically)"
 
 
 def test_class_frequencies_separate_parser_bias_from_generator():

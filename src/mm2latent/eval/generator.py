@@ -116,6 +116,13 @@ def parse_all(parser, images: torch.Tensor, batch: int = 64) -> np.ndarray:
 
 
 @torch.no_grad()
+def prior_sampling(prior) -> str:
+    """How samples were drawn, for the report (a mixture's component draw changes class shares)."""
+    if prior.config.components == 1:
+        return "w from the fitted latent prior (one Gaussian)"
+    return f"w from the fitted latent prior ({prior.config.components} components, drawn systematically)"
+
+
 def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, seed: int = 0, parser=None,
                        prior=None, image_encoder=None, analyzer=None) -> dict:
     """Realism of samples against held-out renders. With a fitted ``prior`` the samples
@@ -139,7 +146,7 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
     feats = {name: encoder_features(encoder, x) for name, x in sets}
     ref = feats["test"]
     out: dict = {"num": num, "truncation": truncation, "feature_space": "world CLIP image tower, unnormalised 512-d",
-                 "sampling": "w from the fitted latent prior" if prior is not None else "mapping(z), z ~ N(0, I)"}
+                 "sampling": prior_sampling(prior) if prior is not None else "mapping(z), z ~ N(0, I)"}
     for name in [n for n, _ in sets if n != "test"]:
         kid, kid_std = kernel_inception_distance(feats[name], ref, subset_size=min(1000, num))
         out[name] = {"frechet": frechet_distance(feats[name], ref), "kid": kid, "kid_std": kid_std}

@@ -10,6 +10,8 @@ what its training asked of it. Nothing is saved; the shipped weights are only re
     .venv/bin/python bench/accessory_overfit.py --num 64 --steps 200 --out docs/reports/accessory_overfit.json
     .venv/bin/python bench/accessory_overfit.py --num 64 --steps 200 --widen 128:32,64:64 \
         --out docs/reports/accessory_overfit_widened.json
+    .venv/bin/python bench/accessory_overfit.py --num 64 --steps 200 --image-share-weight 0.1 \
+        --out docs/reports/accessory_overfit_image_share.json
 """
 
 import argparse
@@ -26,6 +28,7 @@ from mm2latent.models.latent_prior import encode_latents
 from mm2latent.models.stylegan2 import widen_generator
 from mm2latent.pipeline import Pipeline
 from mm2latent.pipeline.core import default_weights_dir, load_optional
+from mm2latent.train.generator_ae import image_share_loss
 from mm2latent.world.attributes import ATTRIBUTES
 
 CLASSES = ("eye_g", "hat", "ear_r", "neck_l")
@@ -43,6 +46,9 @@ def main() -> None:
     ap.add_argument("--widen", default=None, metavar="RES:CH,...",
                     help="first widen these synthesis blocks (widen_generator; same images before the overfit), "
                          "e.g. 128:32,64:64: is the narrow last block what limits the accessories?")
+    ap.add_argument("--image-share-weight", type=float, default=0.0,
+                    help="add this weight x the per-image class-share term (train.generator_ae.image_share_loss)")
+    ap.add_argument("--share-temperature", type=float, default=0.15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -79,7 +85,11 @@ def main() -> None:
         total = 0.0
         for i in range(0, len(ws), 16):
             y = G.synthesis(ws[i:i + 16], noise_mode="const")
-            loss = ((y - x[i:i + 16]).abs().mean() + F.cross_entropy(parser(y), target[i:i + 16])) * len(y) / len(ws)
+            logits = parser(y)
+            loss = (y - x[i:i + 16]).abs().mean() + F.cross_entropy(logits, target[i:i + 16])
+            if a.image_share_weight > 0:
+                loss = loss + a.image_share_weight * image_share_loss(logits, target[i:i + 16], a.share_temperature)
+            loss = loss * len(y) / len(ws)
             loss.backward()
             total += loss.item()
         opt.step()
@@ -88,7 +98,9 @@ def main() -> None:
     emit_json_report({"num": len(sel), "steps": a.steps, "lr": a.lr, "seconds": round(time.time() - t0),
                       "widths": {r: G.cfg.g_width(r) for r in G.cfg.resolutions},
                       "command": f"bench/accessory_overfit.py --num {a.num} --steps {a.steps} --lr {a.lr}"
-                                 + (f" --widen {a.widen}" if a.widen else ""),
+                                 + (f" --widen {a.widen}" if a.widen else "")
+                                 + (f" --image-share-weight {a.image_share_weight} --share-temperature {a.share_temperature}"
+                                    if a.image_share_weight > 0 else ""),
                       "renders_parsed_shares": ref, "ratio_to_parsed_renders": rows}, a.out)
 
 

@@ -210,6 +210,27 @@ def test_lower_class_share_temperature_counts_unsure_parts_as_argmax_does():
     assert soft.item() < 1.0 < sharp.item()
 
 
+def test_per_image_share_term_sees_specks_the_batch_share_term_misses():
+    """Two images, one wearing a 4-pixel part and one not. Drawn as a 4-pixel speck on the wrong image
+    the batch's class share is exactly right, so class_share_loss is ~0; the per-image term sees
+    both images wrong. Drawn where it belongs, both are ~0."""
+    from mm2latent.train.generator_ae import class_share_loss, image_share_loss
+
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask[0, :2, :2] = 15
+
+    def logits_for(m):
+        return torch.nn.functional.one_hot(m, 19).permute(0, 3, 1, 2).float() * 60.0
+
+    right, swapped = logits_for(mask), logits_for(mask.flip(0))
+    assert class_share_loss(swapped, mask, temperature=0.15).item() < 1e-6
+    assert image_share_loss(swapped, mask, temperature=0.15).item() > 10
+    assert image_share_loss(right, mask, temperature=0.15).item() < 1e-6
+    half = logits_for(mask)  # drawn at half size where it belongs: costs, less than the speck
+    half[0, :, :1, :2] = logits_for(torch.zeros(1, 1, 2, dtype=torch.long))[0]
+    assert 0.1 < image_share_loss(half, mask, temperature=0.15).item() < image_share_loss(swapped, mask, 0.15).item()
+
+
 def test_class_share_term_is_trained_and_recorded(cache, parser_file, tmp_path):
     tr = train_generator_ae(_opts(cache, tmp_path / "r", parser=str(parser_file), seg_weight=1.0,
                                   seg_freq_weight=0.5, seg_freq_temperature=0.2, steps=3))
@@ -220,6 +241,14 @@ def test_class_share_term_is_trained_and_recorded(cache, parser_file, tmp_path):
     assert "--seg-freq-weight 0.5 --seg-freq-temperature 0.2" in meta["training"]["phases"][-1]
     with pytest.raises(UserError):
         _opts(cache, tmp_path / "x", seg_freq_weight=-1.0).validate()
+    tr = train_generator_ae(_opts(cache, tmp_path / "i", parser=str(parser_file), seg_weight=1.0,
+                                  image_share_weight=0.3, steps=2))
+    assert tr.stats["image_share"] > 0
+    meta = json.loads((tmp_path / "i" / "generator.json").read_text())
+    assert meta["training"]["losses"]["image_share_weight"] == 0.3
+    assert "--image-share-weight 0.3" in meta["training"]["phases"][-1]
+    with pytest.raises(UserError, match="image-share-weight"):
+        _opts(cache, tmp_path / "x", image_share_weight=-1.0).validate()
     with pytest.raises(UserError, match="temperature"):
         _opts(cache, tmp_path / "x", seg_freq_temperature=0.0).validate()
 

@@ -50,6 +50,9 @@ def add_train_subcommands(models) -> None:
                    help="parser loss class weights freq**-P (0 = plain cross-entropy, 0.5 = inverse square root)")
     g.add_argument("--seg-freq-weight", type=float, default=0.0,
                    help="weight of the parser class-share term (log share of reconstructions vs masks, squared)")
+    g.add_argument("--image-share-weight", type=float, default=0.0,
+                   help="weight of the class-share term per image (each reconstruction against its own mask: "
+                   "specks of a rare class where none belongs cost)")
     g.add_argument("--sample-share-weight", type=float, default=0.0,
                    help="with --freeze-latents: class-share term on unconditional samples (w from --latent-prior), "
                    "which also meet the discriminator")
@@ -220,6 +223,7 @@ def _train_generator_ae(a) -> int:
                                           seg_balance=a.seg_balance, device=a.device,
                                           seg_freq_weight=a.seg_freq_weight,
                                           seg_freq_temperature=a.seg_freq_temperature,
+                                          image_share_weight=a.image_share_weight,
                                           sample_share_weight=a.sample_share_weight, latent_prior=a.latent_prior,
                                           prior_batch=a.prior_batch))
     return 0

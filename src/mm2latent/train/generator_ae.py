@@ -115,6 +115,10 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: A part the parser is unsure of (a faint earring at p = 0.4) counts 0.4 of its pixels at
     #: temperature 1 but none under argmax, so a soft share can be met while the argmax share falls short
     seg_freq_temperature: float = SEG_FREQ_TEMPERATURE
+    #: weight of the class-share term per image (:func:`image_share_loss`, same temperature): each
+    #: reconstruction's share of each class against its own mask's, so a speck of a rare class where
+    #: none belongs costs as much as drawing it too small where it does
+    image_share_weight: float = 0.0
     #: synthesis-only phases: weight of the class-share term on *unconditional samples*. ``prior_batch``
     #: latents a step are drawn from the latent prior (``latent_prior``: a latent_prior.safetensors file;
     #: None = the shipped one), decoded and parsed, and the running share of each class over those
@@ -131,7 +135,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
                  "analyzer", "d_warmup", "seg_balance", "device", "seg_freq_weight",
-                 "seg_freq_temperature", "sample_share_weight")
+                 "seg_freq_temperature", "sample_share_weight", "image_share_weight")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -143,7 +147,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
         if self.d_warmup < 0 or not (0.0 <= self.seg_balance <= 1.0):
             raise UserError("--d-warmup must be >= 0 and --seg-balance in [0, 1]")
         for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma", "attr_weight", "coeff_weight",
-                     "seg_freq_weight"):
+                     "seg_freq_weight", "image_share_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         if not self.seg_freq_temperature > 0:
@@ -185,9 +189,10 @@ def resized_for(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
 def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict[str, float], *,
                  seg_weight: float, attr_weight: float, coeff_weight: float, seg_freq_weight: float = 0.0,
                  seg_class_weights: torch.Tensor | None = None,
-                 seg_freq_temperature: float = SEG_FREQ_TEMPERATURE) -> torch.Tensor:
+                 seg_freq_temperature: float = SEG_FREQ_TEMPERATURE, image_share_weight: float = 0.0) -> torch.Tensor:
     """The frozen judges' losses on reconstructions against the renderer's truth in ``batch``:
     ``seg_weight`` x parser cross-entropy (mask), ``seg_freq_weight`` x :func:`class_share_loss`,
+    ``image_share_weight`` x :func:`image_share_loss`,
     ``attr_weight`` x analyzer attribute BCE, ``coeff_weight`` x analyzer coefficient MSE; each
     term's value goes into ``stats``. ``seg_class_weights`` (19,) weighs the parser cross-entropy per class."""
     loss = x_rec.new_zeros(())
@@ -203,6 +208,10 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict
             freq = class_share_loss(logits, mask, temperature=seg_freq_temperature)
             loss = loss + seg_freq_weight * freq
             stats["seg_freq"] = freq.item()
+        if image_share_weight > 0:
+            per_image = image_share_loss(logits, mask, temperature=seg_freq_temperature)
+            loss = loss + image_share_weight * per_image
+            stats["image_share"] = per_image.item()
     if analyzer is not None:
         attr_logits, coeffs = analyzer(resized_for(x_rec, analyzer))
         if attr_weight > 0:
@@ -224,6 +233,17 @@ def class_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: floa
     pred = soft_class_shares(logits, temperature)
     truth = torch.bincount(mask.reshape(-1), minlength=pred.numel()).to(pred.dtype) / mask.numel()
     return log_share_gap(pred, truth, eps)
+
+
+def image_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: float = SEG_FREQ_TEMPERATURE,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """:func:`class_share_loss` per image, averaged over the batch: each image's parsed share of each
+    class against its own mask's. The batch-level term is met as well by specks of a rare class
+    where none belongs as by drawing it full size where it does (what reconstructions did with
+    earrings: 1.5x as many images holding one, half the size each); per image, both cost."""
+    pred = F.softmax(logits / temperature, dim=1).mean(dim=(2, 3))  # (N, C)
+    truth = F.one_hot(mask.reshape(len(mask), -1), pred.shape[1]).to(pred.dtype).mean(1)  # (N, C)
+    return (torch.log(pred + eps) - torch.log(truth + eps)).square().sum(1).mean()
 
 
 def soft_class_shares(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -341,7 +361,8 @@ class GeneratorAETrainer:
         loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, stats, seg_weight=o.seg_weight,
                                    attr_weight=o.attr_weight, coeff_weight=o.coeff_weight,
                                    seg_freq_weight=o.seg_freq_weight, seg_class_weights=self.seg_class_weights,
-                                   seg_freq_temperature=o.seg_freq_temperature)
+                                   seg_freq_temperature=o.seg_freq_temperature,
+                                   image_share_weight=o.image_share_weight)
         x_pri = None
         if o.sample_share_weight > 0:  # unconditional samples: w from the latent prior
             with torch.no_grad():
@@ -538,6 +559,7 @@ PHASE_FLAGS = (("freeze_latents", "--freeze-latents"), ("adv_start", "--adv-star
                ("adv_weight", "--adv-weight"), ("kl_weight", "--kl-weight"), ("seg_weight", "--seg-weight"),
                ("seg_balance", "--seg-balance"), ("seg_freq_weight", "--seg-freq-weight"),
                ("seg_freq_temperature", "--seg-freq-temperature"), ("sample_share_weight", "--sample-share-weight"),
+               ("image_share_weight", "--image-share-weight"),
                ("latent_prior", "--latent-prior"), ("prior_batch", "--prior-batch"),
                ("attr_weight", "--attr-weight"), ("coeff_weight", "--coeff-weight"),
                ("lr", "--lr"), ("batch", "--batch"), ("seed", "--seed"), ("steps", "--steps"),
@@ -585,7 +607,8 @@ def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
                                             + (", adversarial sharpening" if o.adv_weight > 0 else ", no discriminator")
                                             if o.freeze_latents else "autoencoder"),
               "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "seg_freq_weight",
-                                                    "seg_freq_temperature", "sample_share_weight", "attr_weight", "coeff_weight", "adv_weight")},
+                                                    "seg_freq_temperature", "sample_share_weight", "image_share_weight", "attr_weight",
+                                                    "coeff_weight", "adv_weight")},
               "phases": phases}
     if o.init is not None:
         record["init"] = o.init

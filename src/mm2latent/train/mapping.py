@@ -305,7 +305,12 @@ def train_mapping(opts: MappingTrainOptions, data: dict | None = None, export_to
         torch.set_num_threads(opts.threads)
     env = init_distributed("cpu")
     try:
-        return _train_mapping(opts, data, export_to, env)
+        trainer = _train_mapping(opts, data, export_to, env)
+        if env.owns_group:  # every rank done (rank 0 exports last) before the group is torn down:
+            import torch.distributed as dist  # a rank leaving gloo while its peer still talks aborts
+
+            dist.barrier()
+        return trainer
     finally:
         if env.owns_group:
             import torch.distributed as dist

@@ -694,7 +694,10 @@ def train_stylegan2(opts: TrainOptions, source: ImageSource | None = None,
     own_env = env is None
     env = env or init_distributed(opts.device)
     try:
-        return _train(opts, source, env)
+        trainer = _train(opts, source, env)
+        if own_env and env.owns_group and dist.is_initialized():
+            dist.barrier()  # all ranks done before the group is torn down (see train.mapping.train_mapping)
+        return trainer
     finally:
         if own_env and env.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mm2latent.common.fileio import emit_json_report
 from mm2latent.common.palette import CLASS_NAMES
-from mm2latent.eval.generator import parse_all, render_split, split_attributes
+from mm2latent.eval.generator import class_frequencies, parse_all, render_split, split_attributes
 from mm2latent.models.latent_prior import encode_latents
 from mm2latent.models.stylegan2 import widen_generator
 from mm2latent.pipeline import Pipeline
@@ -35,7 +35,8 @@ CLASSES = ("eye_g", "hat", "ear_r", "neck_l")
 
 
 def shares(seg: np.ndarray) -> dict:
-    return {c: float((seg == CLASS_NAMES.index(c)).mean()) for c in CLASSES}
+    freq = class_frequencies(seg)
+    return {c: float(freq[CLASS_NAMES.index(c)]) for c in CLASSES}
 
 
 def main() -> None:

@@ -115,7 +115,6 @@ def parse_all(parser, images: torch.Tensor, batch: int = 64) -> np.ndarray:
     return np.concatenate([parser(images[i:i + batch]).argmax(1).numpy() for i in range(0, len(images), batch)])
 
 
-@torch.no_grad()
 def prior_sampling(prior) -> str:
     """How samples were drawn, for the report (a mixture's component draw changes class shares)."""
     if prior.config.components == 1:
@@ -123,6 +122,7 @@ def prior_sampling(prior) -> str:
     return f"w from the fitted latent prior ({prior.config.components} components, drawn systematically)"
 
 
+@torch.no_grad()
 def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, seed: int = 0, parser=None,
                        prior=None, image_encoder=None, analyzer=None) -> dict:
     """Realism of samples against held-out renders. With a fitted ``prior`` the samples

@@ -245,7 +245,7 @@ def image_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: floa
     earrings: 1.5x as many images holding one, half the size each); per image, both cost."""
     pred = F.softmax(logits / temperature, dim=1).mean(dim=(2, 3))  # (N, C)
     truth = F.one_hot(mask.reshape(len(mask), -1), pred.shape[1]).to(pred.dtype).mean(1)  # (N, C)
-    return (torch.log(pred + eps) - torch.log(truth + eps)).square().sum(1).mean()
+    return log_share_gap(pred, truth, eps).mean()
 
 
 def soft_class_shares(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -254,8 +254,9 @@ def soft_class_shares(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def log_share_gap(pred: torch.Tensor, truth: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """sum_c (log(eps + pred_c) - log(eps + truth_c))**2: the class-share terms' distance."""
-    return (torch.log(pred + eps) - torch.log(truth + eps)).square().sum()
+    """sum_c (log(eps + pred_c) - log(eps + truth_c))**2 over the last (class) dimension: the
+    class-share terms' distance; shares (C,) give a scalar, per-image shares (N, C) one per image."""
+    return (torch.log(pred + eps) - torch.log(truth + eps)).square().sum(-1)
 
 
 class GeneratorAETrainer:

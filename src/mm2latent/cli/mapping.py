@@ -53,6 +53,15 @@ def add_train_subcommands(models) -> None:
     g.add_argument("--image-share-weight", type=float, default=0.0,
                    help="weight of the class-share term per image (each reconstruction against its own mask: "
                    "specks of a rare class where none belongs cost)")
+    g.add_argument("--seg-class-boost", default="", metavar="CLASS=F,...",
+                   help="extra factor on the parser loss weight of named classes, e.g. ear_r=8,neck_l=4")
+    g.add_argument("--latent-attrs", default="", metavar="ATTR,...",
+                   help="world attributes a linear head must read from w (autoencoder phases), e.g. "
+                   "Wearing_Earrings,Wearing_Necklace")
+    g.add_argument("--latent-attr-weight", type=float, default=0.0, help="weight of that head's BCE")
+    g.add_argument("--w-anchor-weight", type=float, default=0.0,
+                   help="autoencoder phases from --init: keep w = mapping(mu(x)) near the --init weights' w "
+                   "(mean squared distance), so latents fitted to them stay valid")
     g.add_argument("--sample-share-weight", type=float, default=0.0,
                    help="with --freeze-latents: class-share term on unconditional samples (w from --latent-prior), "
                    "which also meet the discriminator")
@@ -224,6 +233,9 @@ def _train_generator_ae(a) -> int:
                                           seg_freq_weight=a.seg_freq_weight,
                                           seg_freq_temperature=a.seg_freq_temperature,
                                           image_share_weight=a.image_share_weight,
+                                          seg_class_boost=a.seg_class_boost, latent_attrs=a.latent_attrs,
+                                          latent_attr_weight=a.latent_attr_weight,
+                                          w_anchor_weight=a.w_anchor_weight,
                                           sample_share_weight=a.sample_share_weight, latent_prior=a.latent_prior,
                                           prior_batch=a.prior_batch))
     return 0

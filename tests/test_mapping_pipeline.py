@@ -559,6 +559,24 @@ def test_full_report_runs_and_resumes(weights, tmp_path, capsys):
     stamp = {p: (out / "cache" / p).stat().st_mtime_ns for p in cached}
     assert main(argv) == 0
     assert all((out / "cache" / p).stat().st_mtime_ns == t for p, t in stamp.items())
+    # other weights into the same directory: the cached images are not theirs, so all are made again
+    # (a rerun with a new generator once reported the old generator's figures)
+    import shutil
+
+    other = tmp_path / "other_weights"
+    shutil.copytree(weights, other)
+    from mm2latent.models.stylegan2 import load_generator, save_generator
+
+    G = load_generator(other / "generator.safetensors")
+    with torch.no_grad():
+        next(G.synthesis.parameters()).add_(0.5)
+    save_generator(other / "generator.safetensors", G)
+    before = (out / "cache" / "mm2latent__text.safetensors").read_bytes()
+    assert main(["eval", "--out", str(out), "--num", "10", "--weights", str(other), "--opt-steps", "1", "2",
+                 "--bank", "12"]) == 0
+    assert "other weights" in capsys.readouterr().err
+    assert (out / "cache" / "mm2latent__text.safetensors").read_bytes() != before
+    assert not (out / "cache" / "ablation__same__text.safetensors").exists()  # not asked for this time
     capsys.readouterr()
 
 

@@ -12,7 +12,9 @@ For each: text fidelity (in-grammar; held-out grammar where the input is text),
 mask mIoU / sketch F-score / coefficient MAE where that control is an input,
 Fréchet distance and KID to held-out renders in the world encoder's feature
 space, seconds per image. Generated images are cached per method in
-``DIR/cache`` (safetensors), so an interrupted run resumes where it stopped.
+``DIR/cache`` (safetensors), so an interrupted run resumes where it stopped; the cache
+carries a fingerprint of the weights and settings (``cache/run.json``), and a run with
+other weights or settings starts it afresh instead of reusing images the old ones made.
 Writes ``DIR/report.json``, ``DIR/report.md``, ``DIR/grid.png`` (first inputs,
 one row per method) and ``DIR/bars.png``.
 """
@@ -105,6 +107,42 @@ def _cached(cache: Path, name: str, fn: Callable[[], torch.Tensor]) -> tuple[tor
     return x.detach(), sec
 
 
+def run_fingerprint(pipe, num: int, seed: int, optimisation_steps, ablations: dict[str, Any] | None,
+                    bank_size: int, baseline_settings: dict | None) -> str:
+    """sha256 over every weight that shapes a method's images (generator, MappingNet, control
+    encoders, latent prior, inference settings; each ablation's too) and the run's settings."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps({"num": num, "seed": seed, "opt": [int(k) for k in optimisation_steps],
+                                   "bank": bank_size, "baseline": baseline_settings,
+                                   "ablations": sorted(ablations or {})}, sort_keys=True, default=str).encode())
+    for p in [pipe, *(ablations or {}).values()]:
+        c = p.controls
+        h.update(json.dumps([p.text_noise_std, p.text_guidance, p.guidance_from_layer]).encode())
+        for m in (p.G, p.mapping, p.latent_prior, c.encoder, c.parser, c.analyzer, c.mask_ae, c.sketch_ae, c.coeff_ae):
+            if m is None:
+                h.update(b"none")
+                continue
+            for k, t in m.state_dict().items():
+                h.update(k.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _open_cache(cache: Path, fingerprint: str) -> None:
+    """Keep the cached images only if they were made by the same weights and settings."""
+    import sys
+
+    stamp = cache / "run.json"
+    old = json.loads(stamp.read_text()).get("fingerprint") if stamp.exists() else None
+    stale = [f for f in cache.iterdir() if f.suffix in (".safetensors", ".json") and f.name != "run.json"]
+    if stale and old != fingerprint:
+        print(f"{cache}: cached images were made by other weights or settings; recomputing them", file=sys.stderr)
+        for f in stale:
+            f.unlink()
+    write_text_atomic(stamp, json.dumps({"fingerprint": fingerprint}))
+
+
 def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisation_steps=(100,),
                ablations: dict[str, Any] | None = None, bank_size: int = 2000,
                baseline_settings: dict | None = None) -> dict[str, Any]:
@@ -113,6 +151,7 @@ def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisatio
     out = Path(out)
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
+    _open_cache(cache, run_fingerprint(pipe, num, seed, optimisation_steps, ablations, bank_size, baseline_settings))
     data = render_test(num, pipe.resolution)
     c = pipe.controls
     methods: dict[str, tuple[Callable, tuple[str, ...]]] = {}

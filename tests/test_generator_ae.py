@@ -549,6 +549,10 @@ def test_latent_attribute_head_anchor_and_class_boost(cache, parser_file, tmp_pa
     for name in ("G", "E", "latent_head", "anchor_E"):
         for (k, p), q in zip(getattr(a, name).state_dict().items(), getattr(b, name).state_dict().values()):
             assert torch.equal(p, q), f"{name}.{k}"
+    with pytest.raises(UserError, match="written without --w-anchor-weight"):  # not switched on mid-run
+        train_generator_ae(_opts(cache, tmp_path / "d", steps=2, init=str(tmp_path / "src")))
+        train_generator_ae(_opts(cache, tmp_path / "d", steps=4, init=str(tmp_path / "src"), w_anchor_weight=1.0,
+                                 resume=True))
     phase = json.loads((tmp_path / "b" / "generator.json").read_text())["training"]["phases"][-1]
     assert "--seg-class-boost ear_r=3,neck_l=2" in phase and "--w-anchor-weight 1.0" in phase
 

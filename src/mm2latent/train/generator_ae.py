@@ -555,6 +555,11 @@ class GeneratorAETrainer:
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         for name, m in self.state_modules():
+            if not any(k.startswith(name + ".") for k in tensors):
+                flag = {"latent_head": "--latent-attrs", "anchor_E": "--w-anchor-weight",
+                        "anchor_mapping": "--w-anchor-weight"}.get(name, name)
+                raise UserError(f"the checkpoint was written without {flag}: it cannot be switched on in a "
+                                "resumed run (start a new run with --init from this run's export)")
             ckpt.load_module_tensors(name, m, tensors)
         for name, opt in (("optG", self.optG), ("optD", self.optD)):
             ckpt.unflatten_optimizer(opt, name, tensors, meta["optim"][name])

@@ -24,7 +24,6 @@ from mm2latent.common.palette import CLASS_NAMES
 from mm2latent.eval.generator import parse_all, reconstruct, render_split
 from mm2latent.models.latent_prior import encode_latents
 from mm2latent.pipeline import Pipeline
-from mm2latent.pipeline.core import load_optional
 from mm2latent.world.attributes import ATTRIBUTES
 from mm2latent.world.cache import CachedWorldDataset
 from mm2latent.world.dataset import SPLIT_SEEDS
@@ -83,12 +82,12 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     pipe = Pipeline.from_pretrained(a.weights)
-    enc = load_optional(pipe.info["weights"], "image_encoder")
-    data = CachedWorldDataset(a.data)
-    n = min(a.probe_num, len(data))
+    enc = pipe.image_encoder
+    data = CachedWorldDataset(a.data, length=a.probe_num)
+    n = len(data)
     with torch.no_grad():
-        w = encode_latents(pipe.G, enc, _Head(data, n), progress_desc=None)
-    attrs = torch.as_tensor(np.asarray(data.batch(np.arange(n))["attributes"]), dtype=torch.float32)
+        w = encode_latents(pipe.G, enc, data, progress_desc=None)
+    attrs = torch.as_tensor(data.attributes[:n], dtype=torch.float32)
     probes = probe(w, attrs)
     x, _ = render_split("test", a.num, pipe.resolution)
     with torch.no_grad():
@@ -103,19 +102,6 @@ def main() -> None:
     emit_json_report({"weights": pipe.info["weights"], "probe_num": n, "num": a.num,
                       "command": f"bench/accessory_encoding.py --weights {a.weights or 'src/mm2latent/weights'}",
                       "probe_balanced_accuracy": probes, "pixels_per_image_reconstructed_vs_renders": pixels}, a.out)
-
-
-class _Head:
-    """The first ``n`` items of a world cache, indexable like one (what encode_latents reads)."""
-
-    def __init__(self, data, n: int):
-        self.data, self.n = data, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def batch(self, idx):
-        return self.data.batch(idx)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from mm2latent.common.fileio import emit_json_report
 from mm2latent.common.palette import CLASS_NAMES
 from mm2latent.eval.generator import parse_all, reconstruct, render_split, to_float
 from mm2latent.pipeline import Pipeline
-from mm2latent.pipeline.core import default_weights_dir, load_optional
 
 #: a class counts as present above this share of an image's pixels (a 128 px earring is ~10-20 px)
 PRESENT = {"eye_g": 0.002, "hat": 0.005, "ear_r": 0.0003, "neck_l": 0.001}
@@ -46,7 +45,7 @@ def main() -> None:
     pipe = Pipeline.from_pretrained()
     parser = pipe.controls.parser
     x, masks = render_split("test", a.num, pipe.resolution)
-    rec = reconstruct(pipe.G, load_optional(default_weights_dir(), "image_encoder"), x)
+    rec = reconstruct(pipe.G, pipe.image_encoder, x)
     samples = to_float(sample_generator(pipe.G, a.num, a.seed, 1.0, prior=pipe.latent_prior)[0])
     sets = {"true_masks": presence(masks), "parsed_renders": presence(parse_all(parser, x)),
             "reconstructions": presence(parse_all(parser, rec)), "samples": presence(parse_all(parser, samples))}

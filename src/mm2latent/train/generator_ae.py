@@ -355,8 +355,8 @@ class GeneratorAETrainer:
         from ..world.attributes import ATTRIBUTES
 
         self.latent_attr_index = [ATTRIBUTES.index(n) for n in latent_attr_names(opts.latent_attrs)]
-        self.latent_head = (torch.nn.Linear(opts.w_dim, len(self.latent_attr_index))
-                            if self.latent_attr_index and opts.latent_attr_weight > 0 else None)
+        self.latent_head = (torch.nn.Linear(opts.w_dim, len(self.latent_attr_index))  # validate(): both or neither
+                            if self.latent_attr_index else None)
         #: --w-anchor-weight: frozen copies of the --init encoder and mapping (filled by load_init, or by a
         #: checkpoint on resume)
         self.anchor_E = self.anchor_mapping = None

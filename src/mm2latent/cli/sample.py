@@ -131,11 +131,9 @@ def stratification_groups(attributes, names: list[str]):
     import numpy as np
     import torch
 
-    from ..world.attributes import ATTRIBUTES
+    from ..world.attributes import ATTRIBUTES, check_attribute_names
 
-    unknown = [n for n in names if n not in ATTRIBUTES]
-    if unknown:
-        raise UserError(f"unknown attribute(s) {', '.join(unknown)} for --stratify (known: {', '.join(ATTRIBUTES)})")
+    check_attribute_names(names, "--stratify")
     cols = np.asarray(attributes)[:, [ATTRIBUTES.index(n) for n in names]].astype(np.int64)
     return torch.from_numpy(cols @ (1 << np.arange(len(names), dtype=np.int64)))
 

@@ -136,7 +136,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: autoencoder phases from --init: a linear head on w (= mapping(mu)) trained with BCE to read these
     #: world attributes ("Wearing_Earrings,Wearing_Necklace"), weight latent_attr_weight. Measured at stop 33:
     #: the shipped encoder's w tells earrings and necklaces apart no better than gender does (linear probe
-    #: balanced accuracy 0.68 / 0.72; hats 0.999), so the synthesis cannot know whom to give them; this
+    #: balanced accuracy 0.68 / 0.67; hats 0.997), so the synthesis cannot know whom to give them; this
     #: puts the information into w, where the parser loss can teach the synthesis to draw it. Phase 10
     #: (shipped; weight 0.5, then 5 after the head stalled at the gender level) took the probe to
     #: 0.98 / 0.97 and earrings in samples from 0.75x to 0.87x of the renders' share (README, stop 33)
@@ -177,8 +177,10 @@ class GeneratorAEOptions(ckpt.OptionsDict):
                                                  and self.seg_weight > 0 and self.parser != ""):
             raise UserError("--sample-share-weight needs --freeze-latents, --prior-batch >= 1 and the parser "
                             "(--seg-weight > 0)")
+        from ..world.attributes import parse_attribute_list
+
         boost_factors(self.seg_class_boost)
-        latent_attr_names(self.latent_attrs)
+        parse_attribute_list(self.latent_attrs, "--latent-attrs")
         if self.latent_attr_weight < 0 or self.w_anchor_weight < 0:
             raise UserError("--latent-attr-weight and --w-anchor-weight must be >= 0")
         if (self.latent_attr_weight > 0) != bool(self.latent_attrs.strip()):
@@ -218,17 +220,6 @@ def boost_factors(spec: str) -> dict[int, float]:
             raise UserError(f"--seg-class-boost: the factor of {name.strip()} must be > 0")
         out[CLASS_NAMES.index(name.strip())] = f
     return out
-
-
-def latent_attr_names(spec: str) -> list[str]:
-    """"Wearing_Earrings,Wearing_Necklace" -> the names, checked against the world's attributes."""
-    from ..world.attributes import ATTRIBUTES
-
-    names = [t.strip() for t in spec.split(",") if t.strip()]
-    for n in names:
-        if n not in ATTRIBUTES:
-            raise UserError(f"--latent-attrs: unknown attribute {n!r}")
-    return names
 
 
 def frozen_judge(name: str, path: str | None) -> torch.nn.Module:
@@ -352,9 +343,10 @@ class GeneratorAETrainer:
             for c, f in boost.items():
                 self.seg_class_weights[c] *= f
         #: --latent-attrs: which attribute columns the linear head on w reads, and the head
-        from ..world.attributes import ATTRIBUTES
+        from ..world.attributes import ATTRIBUTES, parse_attribute_list
 
-        self.latent_attr_index = [ATTRIBUTES.index(n) for n in latent_attr_names(opts.latent_attrs)]
+        names = parse_attribute_list(opts.latent_attrs, "--latent-attrs")
+        self.latent_attr_index = [ATTRIBUTES.index(n) for n in names]
         self.latent_head = (torch.nn.Linear(opts.w_dim, len(self.latent_attr_index))  # validate(): both or neither
                             if self.latent_attr_index else None)
         #: --w-anchor-weight: frozen copies of the --init encoder and mapping (filled by load_init, or by a

@@ -21,3 +21,18 @@ NUM_ATTRIBUTES = len(ATTRIBUTES)
 
 HAIR_COLOURS = ("Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair")
 HAIR_TEXTURES = ("Straight_Hair", "Wavy_Hair")
+
+
+def check_attribute_names(names: list[str], flag: str) -> list[str]:
+    """``names`` unchanged if the world draws every one; else one clear error naming ``flag``."""
+    from ..common.errors import UserError
+
+    unknown = [n for n in names if n not in ATTRIBUTES]
+    if unknown:
+        raise UserError(f"unknown attribute(s) {', '.join(unknown)} for {flag} (known: {', '.join(ATTRIBUTES)})")
+    return names
+
+
+def parse_attribute_list(spec: str, flag: str) -> list[str]:
+    """"Wearing_Hat,Eyeglasses" -> the names, checked by :func:`check_attribute_names`."""
+    return check_attribute_names([s.strip() for s in spec.split(",") if s.strip()], flag)

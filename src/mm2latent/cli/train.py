@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_subcommands(models)
     add_train_latent_prior(models)
     add_train_inverter(models)
+    add_train_generator(models)
     s = models.add_parser(
         "stylegan2",
         help="train a StyleGAN2 generator",
@@ -78,6 +79,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     s.set_defaults(func=run_stylegan2)
     p.set_defaults(func=_need_model)
+
+
+def add_train_generator(models: argparse._SubParsersAction) -> None:
+    g = models.add_parser(
+        "generator",
+        help="train the world generator from a recipe file (resumable)",
+        description="Train the world generator (StyleGAN2 conditioned on the world code: supervised, then "
+        "adversarial, then the image encoder) from a TOML recipe such as configs/generator_world.toml. "
+        "Running the same command again resumes RUN_DIR exactly from its newest checkpoint (after kill -9 "
+        "too); the weights are exported to RUN_DIR/export only when the recipe is finished.",
+    )
+    g.add_argument("--recipe", required=True, metavar="FILE", help="TOML recipe")
+    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (resumed if it holds a run)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="autocast the forward passes (bf16 on recent GPUs; default none)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks (about 1.7x on CPU)")
+    g.add_argument("--minutes", type=float, default=None, help="stop with a checkpoint after this many minutes")
+    g.add_argument("--steps", type=int, default=None, help="stop with a checkpoint at this global step")
+    g.add_argument("--ckpt-minutes", type=float, default=5.0, help="checkpoint interval (default 5 minutes)")
+    g.add_argument("--sample-every", type=int, default=1000, help="sample grid every N steps (default 1000)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--eval-num", type=int, default=500,
+                   help="faces for the figures written beside the exported weights (default 500)")
+    g.set_defaults(func=run_generator)
+
+
+def run_generator(args: argparse.Namespace) -> int:
+    from ..train.generator_world import RunOptions, load_recipe, train_world_generator
+
+    recipe = load_recipe(args.recipe)
+    run = RunOptions(out=args.out, device=args.device, amp=args.amp, compile=args.compile, threads=args.threads,
+                     minutes=args.minutes, steps=args.steps, ckpt_minutes=args.ckpt_minutes,
+                     sample_every=args.sample_every)
+    trainer = train_world_generator(recipe, run)
+    if trainer.stage == "done":
+        import json
+        from pathlib import Path
+
+        from ..common.fileio import write_text_atomic
+        from ..eval.generator_world import evaluate_world_generator, load_judges
+
+        export = Path(args.out) / "export"
+        figures = evaluate_world_generator(trainer.G_ema.cpu(), trainer.E.cpu().eval(), num=args.eval_num,
+                                           **load_judges())
+        write_text_atomic(export / "figures.json", json.dumps(figures, indent=1) + "\n")
+        met = sum(figures["targets_met"].values())
+        print(f"finished: weights and figures in {export} ({met} of {len(figures['targets_met'])} targets met)")
+    else:
+        print(f"stopped at step {trainer.step} of {trainer.recipe.total_steps} ({trainer.stage}); "
+              "run the same command to continue")
+    return 0
 
 
 def _need_model(args: argparse.Namespace) -> int:

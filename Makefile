@@ -11,8 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 resolves to the CPU wheel on this platform; never pulls torchvision
 	$(BIN)/pip install -q -e '.[test,web]'
-	# CLIP's BPE merges file ships in clip-anytorch; --no-deps keeps torchvision out.
-	# The package is only read as data (never imported).
+	# Test-only: OpenAI's reference tokenizer file, to check ours against it (the package ships
+	# its own copy of the merges file); --no-deps keeps torchvision out, and it is never imported.
 	$(BIN)/pip install -q --no-deps clip-anytorch==2.6.0
 	touch $(STAMP)
 
@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/mm2latent generate --text "a smiling woman with blond hair" --mask examples/mask_long_hair.png --num 4 --out out/seeds
 
 test: $(STAMP) browser
-	MM2LATENT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q
+	MM2LATENT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -rs
 
 clean:
 	rm -rf $(VENV) out

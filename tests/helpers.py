@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -96,3 +97,18 @@ def write_world_cache(root: Path, num: int, size: int) -> Path:
     (root / "meta.json").write_text(json.dumps({"split": "train", "seed": 0, "size": size, "num": num,
                                                 "attributes": list(ATTRIBUTES), "coeffs": list(COEFF_NAMES)}))
     return root
+
+
+REAL_SAMPLES_ENV = "MM2LATENT_REAL_SAMPLES"
+
+
+def real_samples_dir() -> Path:
+    """The real CelebAMask-HQ samples (masks-index/, masks-color/, photos/): ``$MM2LATENT_REAL_SAMPLES``,
+    else ``../shared/eval/celebamask-hq`` beside the checkout. Tests that need them skip with a reason
+    naming the variable (``make test`` reports skips with ``-rs``)."""
+    env = os.environ.get(REAL_SAMPLES_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "eval" / "celebamask-hq"
+
+
+REAL_SKIP_REASON = (f"real CelebAMask-HQ samples not found at {real_samples_dir()}; "
+                    f"set {REAL_SAMPLES_ENV} to their folder")

@@ -16,7 +16,9 @@ from mm2latent.common.imageio import load_image, save_image
 from mm2latent.common.palette import (NUM_CLASSES, PALETTE, color_to_index, index_to_color, index_to_onehot,
                                       load_mask, onehot_to_index, save_mask)
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "eval" / "celebamask-hq"
+from helpers import REAL_SKIP_REASON, real_samples_dir  # noqa: E402
+
+REAL = real_samples_dir()
 
 
 def test_palette_roundtrip():
@@ -47,7 +49,7 @@ def test_mask_foreign_colours_and_range(tmp_path):
         load_mask(tmp_path / "range.png")
 
 
-@pytest.mark.skipif(not REAL.exists(), reason="real CelebAMask-HQ samples not present")
+@pytest.mark.skipif(not REAL.is_dir(), reason=REAL_SKIP_REASON)
 def test_real_masks_load_and_hair_is_13():
     m = load_mask(REAL / "masks-index" / "0.png")
     assert m.shape == (512, 512) and m.max() <= 18
@@ -151,3 +153,45 @@ def test_emit_json_report_prints_and_writes(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text()) == table
     emit_json_report(table)  # no path: print only
     assert json.loads(capsys.readouterr().out) == table
+
+
+def test_real_samples_folder_comes_from_an_environment_variable(monkeypatch, tmp_path):
+    import helpers
+
+    monkeypatch.setenv(helpers.REAL_SAMPLES_ENV, str(tmp_path))
+    assert helpers.real_samples_dir() == tmp_path
+    monkeypatch.delenv(helpers.REAL_SAMPLES_ENV)
+    assert helpers.real_samples_dir().parts[-3:] == ("shared", "eval", "celebamask-hq")
+    assert helpers.REAL_SAMPLES_ENV in helpers.REAL_SKIP_REASON
+
+
+def test_checkpoints_and_json_are_written_as_ordinary_files(tmp_path):
+    import os
+    import stat
+
+    from mm2latent.common.checkpoint import save_checkpoint
+
+    old = os.umask(0o022)
+    try:
+        st = save_checkpoint(tmp_path / "m", {"w": torch.zeros(3)}, {"kind": "x"})
+    finally:
+        os.umask(old)
+    for p in (st, tmp_path / "m.json"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+def test_resume_removes_torn_checkpoint_writes(tmp_path):
+    from mm2latent.train import perception as tp
+    from mm2latent.train import state
+
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    torn = d / ".step-00000100.safetensors.k2j3.tmp"
+    torn.write_bytes(b"half")
+    keep = d / "notes.txt"
+    keep.write_text("kept")
+    assert state.latest_good_checkpoint(tmp_path, "x") is None
+    assert not torn.exists() and keep.exists()
+    torn.write_bytes(b"half")
+    tp.list_checkpoints(tmp_path)
+    assert not torn.exists()

@@ -36,7 +36,9 @@ from mm2latent.models.parser import FaceParser, ParserConfig
 from mm2latent.perception import load_module, load_module_file, load_perception, save_module
 from mm2latent.train import perception as tp
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "eval" / "celebamask-hq"
+from helpers import REAL_SKIP_REASON, real_samples_dir  # noqa: E402
+
+REAL = real_samples_dir()
 SIZE = 64
 N = 48
 
@@ -528,7 +530,7 @@ def test_evaluate_perception_report(weights, cache):
     json.dumps(ev.jsonable(rep), allow_nan=False)
 
 
-@pytest.mark.skipif(not REAL.is_dir(), reason="shared CelebAMask-HQ samples not present")
+@pytest.mark.skipif(not REAL.is_dir(), reason=REAL_SKIP_REASON)
 def test_real_masks_load_and_encode():
     from mm2latent.common.palette import load_mask
 

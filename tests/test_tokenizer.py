@@ -109,7 +109,7 @@ def test_missing_merges_file_is_a_clear_error(monkeypatch, tmp_path):
         tk.find_bpe_path()
     monkeypatch.delenv(tk.BPE_ENV)
     monkeypatch.setattr(tk, "bpe_candidates", lambda: [tmp_path / "absent.gz"])
-    with pytest.raises(UserError, match="clip-anytorch"):
+    with pytest.raises(UserError, match="ships it"):
         tk.find_bpe_path()
 
 
@@ -177,3 +177,13 @@ def test_agrees_with_openai_reference(tok):
     ids[-1] = EOT_ID
     with pytest.warns(UserWarning):
         assert tok.tokenize(long)[0].tolist() == ids
+
+
+def test_the_package_ships_the_merges_file(monkeypatch):
+    """A plain ``pip install`` (no clip-anytorch) must tokenize: the packaged copy is enough."""
+    monkeypatch.delenv(tk.BPE_ENV, raising=False)
+    packaged = Path(tk.__file__).resolve().parent.parent / "assets" / tk.BPE_FILENAME
+    assert packaged.is_file()
+    monkeypatch.setattr(tk, "bpe_candidates", lambda: [packaged])
+    assert tk.find_bpe_path() == packaged
+    assert tk.CLIPTokenizer().encode("a smiling woman") == tk.CLIPTokenizer(packaged).encode("a smiling woman")

@@ -25,10 +25,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ..common.errors import UserError  # noqa: E402
+from ..common.imageio import MAX_PIXELS, check_pixels  # noqa: E402
 from ..common.palette import CLASS_NAMES, PALETTE  # noqa: E402
 
 MAX_UPLOAD = "8mb"
-MAX_PIXELS = 40_000_000
 CANVAS = 384
 EXAMPLE_PROMPTS = ["a smiling woman with blond hair", "a man with black hair and a beard",
                    "an old bald man wearing eyeglasses", "a young woman with wavy brown hair and bangs",
@@ -45,23 +45,44 @@ def snap_to_palette(rgba: np.ndarray) -> np.ndarray:
     fully transparent pixels are background. Brush antialiasing makes in-between colours, so
     nearest-colour snapping (not exact matching) is what a painted mask needs."""
     a = np.asarray(rgba)
-    rgb = a[..., :3].astype(np.int32)
-    d = ((rgb[..., None, :] - PALETTE[None, None].astype(np.int32)) ** 2).sum(-1)
-    idx = d.argmin(-1).astype(np.uint8)
+    pal = PALETTE.astype(np.int32)
+    idx = np.empty(a.shape[:2], np.uint8)
+    for r in range(0, a.shape[0], 128):  # in bands: the distance table is 19 x 3 ints a pixel
+        rgb = a[r:r + 128, :, :3].astype(np.int32)
+        idx[r:r + 128] = ((rgb[..., None, :] - pal[None, None]) ** 2).sum(-1).argmin(-1)
     if a.shape[-1] == 4:
         idx[a[..., 3] < 128] = 0
     return idx
 
 
-def _composite(value: Any) -> np.ndarray | None:
+def image_dimensions(image: Any) -> tuple[int, int] | None:
+    """(width, height) of a PIL image or an (H, W[, C]) array, read without converting it."""
+    if hasattr(image, "size") and callable(getattr(image, "getbands", None)):  # PIL
+        return tuple(image.size)
+    shape = getattr(image, "shape", None)
+    return (int(shape[1]), int(shape[0])) if shape is not None and len(shape) >= 2 else None
+
+
+def bounded_array(image: Any, what: str) -> np.ndarray:
+    """``np.asarray(image)`` after the shared pixel bound (no array work on an oversized input)."""
+    dims = image_dimensions(image)
+    if dims is not None:
+        check_pixels(*dims, what)
+    a = np.asarray(image)
+    if a.ndim >= 2:
+        check_pixels(a.shape[1], a.shape[0], what)
+    return a
+
+
+def _composite(value: Any, what: str = "the painted image") -> np.ndarray | None:
     """The flattened image of an ImageEditor/Sketchpad value (a dict with "composite"), or None."""
     comp = value.get("composite") if isinstance(value, dict) else value
-    return None if comp is None else np.asarray(comp)
+    return None if comp is None else bounded_array(comp, what)
 
 
 def editor_mask(value: Any) -> np.ndarray | None:
     """ImageEditor value -> index map (None if nothing is on the canvas)."""
-    comp = _composite(value)
+    comp = _composite(value, "the painted mask")
     if comp is None or comp.ndim != 3 or comp.size == 0:
         return None
     return snap_to_palette(comp)
@@ -69,7 +90,7 @@ def editor_mask(value: Any) -> np.ndarray | None:
 
 def sketch_lines(value: Any) -> np.ndarray | None:
     """Sketchpad value -> uint8 grey image with dark lines on white, or None if blank."""
-    a = _composite(value)
+    a = _composite(value, "the sketch")
     if a is None:
         return None
     if a.ndim == 3 and a.shape[-1] == 4:
@@ -87,11 +108,9 @@ def sketch_lines(value: Any) -> np.ndarray | None:
 def check_upload(image: Any) -> np.ndarray:
     if image is None:
         raise UserError("upload a photo first")
-    a = np.asarray(image)
+    a = bounded_array(image, "the image")
     if a.ndim not in (2, 3) or a.size == 0:
         raise UserError("the upload is not an image")
-    if a.shape[0] * a.shape[1] > MAX_PIXELS:
-        raise UserError(f"the image is too large ({a.shape[1]}x{a.shape[0]}); the limit is {MAX_PIXELS} pixels")
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     return np.ascontiguousarray(a[..., :3].astype(np.uint8))
@@ -353,13 +372,19 @@ def build_ui(app: App):
 def serve(weights: str | None = None, host: str = "127.0.0.1", port: int = 7860, concurrency: int = 1,
           queue_size: int = 16, block: bool = True):
     """Start the page; returns (demo, url). ``block=False`` returns at once (tests)."""
+    from PIL import Image
+
     from ..pipeline import Pipeline
 
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # gradio's own decoding of uploads refuses bombs too
     app = App(Pipeline.from_pretrained(weights))
     app.pipe.generate(text="a face", seed=0)  # warm-up: the first request should not pay for first-call setup
     demo, theme = build_ui(app)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
-    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, share=False,
+    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,
                             max_file_size=MAX_UPLOAD, ssr_mode=False, theme=theme, quiet=True,
                             footer_links=[], show_error=True)
+    print(f"mm2latent: the page is ready at {url} (Ctrl+C stops it)", flush=True)
+    if block:
+        demo.block_thread()
     return demo, url

@@ -33,3 +33,17 @@ def positive_float(text: str) -> float:
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return v
+
+
+#: seeds are 64-bit unsigned everywhere (torch.manual_seed's range); larger ones used to wrap silently
+SEED_LIMIT = 2**64
+
+
+def seed_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"seeds lie in 0..2**64-1 (18446744073709551615), got {v}")
+    return v

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..common.errors import UserError
+from .argtypes import seed_int
 
 
 def add_train_clip(train_sub) -> None:
@@ -15,7 +16,7 @@ def add_train_clip(train_sub) -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (checkpoint kept)")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--config", default="world_small",

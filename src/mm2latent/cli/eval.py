@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import UserError
+from .argtypes import seed_int
 
 
 def register(sub) -> None:
@@ -17,7 +18,7 @@ def register(sub) -> None:
                        "grid.png, bars.png; resumable). With a TARGET: one part.")
     e.add_argument("--out", default=None, help="report directory (full protocol)")
     e.add_argument("--num", type=int, default=200, help="held-out faces (full protocol, default 200)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=seed_int, default=0)
     e.add_argument("--weights", default=None, help="weights directory (default shipped)")
     e.add_argument("--opt-steps", type=int, nargs="+", default=[100], help="optimisation-baseline steps")
     e.add_argument("--ablation", action="append", default=[], metavar="NAME=MAPPING_NET.safetensors",
@@ -33,7 +34,7 @@ def register(sub) -> None:
     g.add_argument("--weights", default=None, help="weights directory (default: shipped)")
     g.add_argument("--num", type=int, default=200, help="test faces (default 200)")
     g.add_argument("--truncation", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--latency", action="store_true", help="also time generate() (text + mask)")
     g.add_argument("--split", choices=("test", "val"), default="test",
                    help="world split to render (choose inference settings on val, report on test)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import UserError
-from .argtypes import positive_int
+from .argtypes import positive_int, seed_int
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--mask", default=None, help="segmentation mask PNG (index 0..18 or CelebAMask-HQ colours)")
     p.add_argument("--sketch", default=None, help="sketch image (dark lines on light, or light on dark)")
     p.add_argument("--coeffs", default=None, help="JSON file of pose/expression/shape coefficients")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--num", type=positive_int, default=1, help="images for seeds seed..seed+num-1")
     p.add_argument("--truncation", type=float, default=1.0, help="pull w towards the mean w (1 = none)")
     p.add_argument("--variation", type=float, default=0.0, help="mix fine layers towards a random w (0..1)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import UserError
-from .argtypes import nonneg_int, positive_float, positive_int
+from .argtypes import nonneg_int, positive_float, positive_int, seed_int
 
 INVERTER_HELP = ("wplus: the e4e-style W+ inverter (wplus_inverter.safetensors); w: the generator-AE's encoder "
                  "(one w for all layers); auto (default): wplus when the weights have it")
@@ -43,7 +43,7 @@ def add_train_inverter(models) -> None:
     t.add_argument("--init-base", default="inverter", choices=("inverter", "weights"),
                    help="with --init: keep the file's base code, or take the base (encoder + mapping) from --weights "
                    "so that it is exactly their W inversion (after a generator-AE phase that moved W)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=seed_int, default=0)
     t.add_argument("--threads", type=positive_int, default=None)
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=_train_inverter)

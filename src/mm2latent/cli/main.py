@@ -32,7 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"mm2latent: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # e.g. "1 text(s) longer than 77 tokens were truncated"
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

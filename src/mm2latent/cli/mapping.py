@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..common.errors import UserError
-from .argtypes import positive_float, positive_int
+from .argtypes import positive_float, positive_int, seed_int
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -70,7 +70,7 @@ def add_train_subcommands(models) -> None:
     g.add_argument("--prior-batch", type=positive_int, default=8, help="unconditional samples per step")
     g.add_argument("--seg-freq-temperature", type=float, default=0.5,
                    help="softmax temperature of the class-share term (lower = closer to the argmax that judges samples)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=seed_int, default=0)
     g.add_argument("--threads", type=positive_int, default=None)
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto (default) trains on the GPU when there is one")
@@ -101,7 +101,7 @@ def add_train_subcommands(models) -> None:
     m.add_argument("--seg-batch", type=positive_int, default=8, help="samples per step through the generator")
     m.add_argument("--weights", default=None, help="weights directory for --seg/--attr-weight and --wplus (default shipped)")
     m.add_argument("--export", default=None, help="where to write mapping_net.safetensors")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=seed_int, default=0)
     m.add_argument("--threads", type=positive_int, default=None)
     m.add_argument("--resume", action="store_true")
     m.set_defaults(func=_train_mapping)
@@ -115,7 +115,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DATA_DIR")
     p.add_argument("--num", type=positive_int, default=20000)
     p.add_argument("--weights", default=None, help="weights directory (default: shipped)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--truncation", type=float, default=1.0)
     p.add_argument("--chunk", type=positive_int, default=256)
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..common.errors import UserError
-from .argtypes import positive_float as _positive_float
+from .argtypes import positive_float as _positive_float, seed_int
 from .argtypes import positive_int as _positive_int
 
 WEIGHTS_HELP = "directory of perception weights (default: the package's shipped mm2latent/weights/)"
@@ -260,7 +260,7 @@ def register_train_subcommands(models) -> None:
         s.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default per model)")
         s.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
         s.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (default 50)")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=seed_int, default=0)
         s.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
         s.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
         if task in ("mask_ae", "sketch_ae"):

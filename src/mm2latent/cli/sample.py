@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import UserError
+from .argtypes import seed_int
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
@@ -12,7 +13,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 def register(sub) -> None:
     p = sub.add_parser("sample", help="random faces from the generator (PNG files + latents.npy)")
     p.add_argument("--num", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--truncation", type=float, default=0.7, help="truncation psi around w_avg (1 = none)")
     p.add_argument("--weights", default=None, help="generator checkpoint (default: the shipped world generator)")
     p.add_argument("--prior", choices=("auto", "fitted", "normal"), default="auto",
@@ -121,7 +122,7 @@ def add_train_latent_prior(models) -> None:
                    help="world attributes (e.g. Wearing_Hat,Eyeglasses) whose combinations each get their own "
                    "share of the --components, fitted to their renders only, weighted by how often they occur: "
                    "rare accessories are then sampled as often as they are rendered")
-    p.add_argument("--seed", type=int, default=0, help="seed of the mixture's k-means++ start")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the mixture's k-means++ start")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(func=_fit_prior)
 

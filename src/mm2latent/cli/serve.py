@@ -6,6 +6,10 @@ from ..common.errors import UserError
 from .argtypes import positive_int
 
 
+WEB_EXTRA_HINT = ("the web page needs gradio: pip install 'mm2latent[web]' "
+                  "(in a source checkout: pip install -e '.[web]')")
+
+
 def register(sub) -> None:
     p = sub.add_parser("serve", help="web page: paint a mask, sketch, type text; edit a photo",
                        description="Start the gradio page (offline; no analytics, no CDN). Binds to 127.0.0.1 "
@@ -24,7 +28,7 @@ def _serve(a) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise UserError("the web page needs gradio: pip install -e '.[web]'") from None
+        raise UserError(WEB_EXTRA_HINT) from None
     from ..app.server import serve
 
     if a.host not in ("127.0.0.1", "localhost"):

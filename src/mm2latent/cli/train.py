@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..common.errors import UserError
+from .argtypes import seed_int
 
 
 def _widths(text: str) -> list[int]:
@@ -22,7 +23,8 @@ def _widths(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train models (stylegan2)", description="Train models.")
+    p = sub.add_parser("train", help="train every model: generator, mapping net, encoders, perception, prior, inverter",
+                       description="Train models; each MODEL has its own --help.")
     models = p.add_subparsers(dest="model", metavar="MODEL", parser_class=type(p))
     from .encoder import add_train_clip
     from .perception import register_train_subcommands
@@ -67,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--ema-kimg", type=float, default=None, help="EMA half-life in kimg (default batch*10/32)")
     s.add_argument("--mixing", type=float, default=0.9, help="style-mixing probability (default 0.9)")
     s.add_argument("--augment", default="", help="DiffAugment policy, e.g. translation,color,cutout (default none)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     s.add_argument("--world-length", type=int, default=100_000, help="Face World training-set size (default 100000)")
     s.add_argument("--ckpt-every", type=int, default=0, help="checkpoint every N steps (default: by time only)")
     s.add_argument("--ckpt-minutes", type=float, default=10.0, help="checkpoint every M minutes (default 10)")

@@ -16,11 +16,12 @@ Behaviour matches OpenAI CLIP's ``simple_tokenizer`` + ``clip.tokenize``:
 Like CLIP, the literal strings ``<|startoftext|>`` and ``<|endoftext|>`` in the
 input are read as the special tokens.
 
-The merges file (``bpe_simple_vocab_16e6.txt.gz``) is not stored in this
-repository. It is found, in order, at
+The merges file (``bpe_simple_vocab_16e6.txt.gz``, CLIP's published vocabulary,
+MIT licence) ships inside the package, so a plain ``pip install`` tokenizes
+offline. It is found, in order, at
 
 1. the path in the ``MM2LATENT_CLIP_BPE`` environment variable;
-2. ``mm2latent/assets/bpe_simple_vocab_16e6.txt.gz`` (if a build vendors it);
+2. ``mm2latent/assets/bpe_simple_vocab_16e6.txt.gz`` (shipped with the package);
 3. inside the ``clip-anytorch`` distribution (installed with
    ``pip install --no-deps clip-anytorch==2.6.0``; ``--no-deps`` because its
    requirements would pull torchvision), located with
@@ -47,7 +48,7 @@ from ..common.errors import UserError
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_ENV = "MM2LATENT_CLIP_BPE"
 #: exact command that installs the merges file (used in error messages)
-BPE_INSTALL_HINT = "pip install --no-deps clip-anytorch==2.6.0"
+BPE_INSTALL_HINT = "pip install --force-reinstall mm2latent (the package ships it)"
 
 VOCAB_SIZE = 49408
 SOT_TOKEN = "<|startoftext|>"

@@ -394,7 +394,6 @@ def train_world_generator(recipe: GeneratorRecipe, run: RunOptions,
         torch.set_num_threads(run.threads)
     run_dir = Path(run.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _clean_temporaries(run_dir)
     found = ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND)
     if found:
         stored = GeneratorRecipe.from_dict(found[2]["recipe"])
@@ -430,12 +429,3 @@ class _LoopOptions:
 def _minutes_left(run: RunOptions, trainer: WorldGeneratorTrainer) -> float | None:
     """``run.minutes`` counts for this invocation; run_loop measures the run's total elapsed time."""
     return None if not run.minutes else trainer.elapsed / 60 + run.minutes
-
-
-def _clean_temporaries(run_dir: Path) -> None:
-    """Remove half-written checkpoint files a killed process left behind."""
-    d = run_dir / "checkpoints"
-    if d.is_dir():
-        for p in d.iterdir():
-            if p.name.endswith(".tmp") or ".tmp" in p.suffixes:
-                p.unlink(missing_ok=True)

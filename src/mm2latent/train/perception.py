@@ -40,6 +40,7 @@ from ..common.errors import UserError
 from ..common.fileio import check_output_file, check_writable_dir
 from ..common.palette import NUM_CLASSES
 from ..common.progress import progress
+from .state import remove_torn_writes
 from ..common.seeding import numpy_rng
 from ..models.autoencoders import augment_mask_pair, augment_sketch_pair, random_affine, warp, warp_labels
 from ..perception import build_model, save_module
@@ -573,6 +574,7 @@ def lr_factor(progress_frac: float, step: int, warmup: int, schedule: str) -> fl
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    remove_torn_writes(run_dir)
     d = run_dir / "checkpoints"
     return sorted(d.glob("step-*.safetensors")) if d.is_dir() else []
 

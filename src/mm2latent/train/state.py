@@ -110,8 +110,22 @@ def read_checkpoint(stem: Path, kind: str) -> tuple[dict[str, torch.Tensor], dic
     return tensors, meta
 
 
+def remove_torn_writes(run_dir: Path) -> int:
+    """Delete the temporary files (``.NAME.*.tmp``) that a process killed mid-write left in
+    RUN/checkpoints; the finished checkpoints are never touched. Returns how many went."""
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return 0
+    torn = [p for p in d.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    for p in torn:
+        p.unlink(missing_ok=True)
+    return len(torn)
+
+
 def latest_good_checkpoint(run_dir: Path, kind: str, warn_damaged: bool = True):
-    """Newest readable checkpoint as ``(stem, tensors, meta)``, or None; damaged newer ones are skipped."""
+    """Newest readable checkpoint as ``(stem, tensors, meta)``, or None; damaged newer ones are skipped
+    (and half-written temporaries of a killed run are removed first)."""
+    remove_torn_writes(run_dir)
     stems = list_checkpoints(run_dir)
     for stem in stems:
         try:

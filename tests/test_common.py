@@ -180,7 +180,7 @@ def test_checkpoints_and_json_are_written_as_ordinary_files(tmp_path):
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
 
 
-def test_resume_removes_torn_checkpoint_writes(tmp_path):
+def test_resume_removes_torn_checkpoint_writes_and_readers_leave_them(tmp_path):
     from mm2latent.train import perception as tp
     from mm2latent.train import state
 
@@ -190,8 +190,9 @@ def test_resume_removes_torn_checkpoint_writes(tmp_path):
     torn.write_bytes(b"half")
     keep = d / "notes.txt"
     keep.write_text("kept")
-    assert state.latest_good_checkpoint(tmp_path, "x") is None
-    assert not torn.exists() and keep.exists()
-    torn.write_bytes(b"half")
+    # a reader beside a live run (a bench, a watcher) must not delete a write in progress
     tp.list_checkpoints(tmp_path)
-    assert not torn.exists()
+    assert state.latest_good_checkpoint(tmp_path, "x") is None and torn.exists()
+    # the process that resumes the run cleans up
+    assert state.latest_good_checkpoint(tmp_path, "x", clean=True) is None
+    assert not torn.exists() and keep.exists()

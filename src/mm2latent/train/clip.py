@@ -281,7 +281,7 @@ def train_clip(opts: CLIPTrainOptions, resume: bool = False, export: str | None 
     run.mkdir(parents=True, exist_ok=True)
     tr = CLIPTrainer(opts)
     if resume:
-        found = st.latest_good_checkpoint(run, TRAIN_KIND)
+        found = st.latest_good_checkpoint(run, TRAIN_KIND, clean=True)
         if found:
             stem, tensors, meta = found
             saved = dict(meta["options"])

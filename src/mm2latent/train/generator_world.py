@@ -394,7 +394,7 @@ def train_world_generator(recipe: GeneratorRecipe, run: RunOptions,
         torch.set_num_threads(run.threads)
     run_dir = Path(run.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    found = ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND)
+    found = ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND, clean=True)
     if found:
         stored = GeneratorRecipe.from_dict(found[2]["recipe"])
         if stored.to_dict() != recipe.to_dict():

@@ -574,7 +574,6 @@ def lr_factor(progress_frac: float, step: int, warmup: int, schedule: str) -> fl
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    remove_torn_writes(run_dir)
     d = run_dir / "checkpoints"
     return sorted(d.glob("step-*.safetensors")) if d.is_dir() else []
 
@@ -813,6 +812,7 @@ def train_perception(opts: PerceptionTrainOptions, resume: bool = False, data=No
     """
     opts.validate(require_budget=not resume)
     run_dir = check_writable_dir(opts.out)
+    remove_torn_writes(run_dir)  # this process resumes the run: a killed writer's temporaries go
     found = latest_checkpoint(run_dir, opts.task)
     if found and not resume:
         raise UserError(f"{run_dir} already holds a {opts.task} run; pass --resume to continue it or choose another --out")

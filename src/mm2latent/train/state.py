@@ -122,10 +122,12 @@ def remove_torn_writes(run_dir: Path) -> int:
     return len(torn)
 
 
-def latest_good_checkpoint(run_dir: Path, kind: str, warn_damaged: bool = True):
-    """Newest readable checkpoint as ``(stem, tensors, meta)``, or None; damaged newer ones are skipped
-    (and half-written temporaries of a killed run are removed first)."""
-    remove_torn_writes(run_dir)
+def latest_good_checkpoint(run_dir: Path, kind: str, warn_damaged: bool = True, clean: bool = False):
+    """Newest readable checkpoint as ``(stem, tensors, meta)``, or None; damaged newer ones are skipped.
+    ``clean`` (only for the process that resumes the run, never for a reader beside a live one)
+    first removes the half-written temporaries a killed run left."""
+    if clean:
+        remove_torn_writes(run_dir)
     stems = list_checkpoints(run_dir)
     for stem in stems:
         try:
@@ -180,7 +182,7 @@ class OptionsDict:
 def find_resume(run_dir: Path, kind: str, opts, resume: bool):
     """(checkpoint or None, the options to run with). A run directory that already holds a run needs
     ``resume``; resuming takes the stored options except the fields in ``type(opts).RESUMABLE``."""
-    found = latest_good_checkpoint(Path(run_dir), kind)
+    found = latest_good_checkpoint(Path(run_dir), kind, clean=True)
     if found and not resume:
         raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
     if found:

@@ -410,9 +410,11 @@ def read_checkpoint(stem: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return ckpt.read_checkpoint(stem, TRAIN_KIND)
 
 
-def latest_good_checkpoint(run_dir: Path, warn: bool = True) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
-    """Newest readable checkpoint; damaged newer ones are skipped with a warning."""
-    return ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND, warn_damaged=warn)
+def latest_good_checkpoint(run_dir: Path, warn: bool = True,
+                           clean: bool = False) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
+    """Newest readable checkpoint; damaged newer ones are skipped with a warning (``clean``: see
+    :func:`mm2latent.train.state.latest_good_checkpoint`)."""
+    return ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND, warn_damaged=warn, clean=clean)
 
 
 # =========================================================================== trainer
@@ -707,7 +709,7 @@ def _train(opts: TrainOptions, source: ImageSource | None, env: DistEnv) -> Styl
     run_dir = Path(opts.out)
     if env.is_main:
         check_writable_dir(run_dir)
-    found = latest_good_checkpoint(run_dir, warn=env.is_main) if run_dir.is_dir() else None
+    found = latest_good_checkpoint(run_dir, warn=env.is_main, clean=env.is_main) if run_dir.is_dir() else None
     if found and not opts.resume:
         raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
     if opts.resume and found:

@@ -374,17 +374,14 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
 
 def export(trainer: WorldGeneratorTrainer, out_dir: Path) -> None:
     """Write the inference weights: generator (G_ema, world-code mapping) and the code encoder."""
-    from ..common.checkpoint import save_checkpoint
+    from ..perception import save_module
 
     r = trainer.recipe
     record = {"method": "StyleGAN2 conditioned on the world code (supervised, then adversarial)",
               "recipe": r.to_dict(), "step": trainer.step, "kimg": trainer.nimg / 1000,
               "minutes": round(trainer.elapsed / 60, 1), "conditioning": "world_code"}
     save_generator(out_dir / "generator", trainer.G_ema, extra={"training": record})
-    enc_cfg = trainer.E.config.to_dict()
-    save_checkpoint(out_dir / "image_encoder", trainer.E.state_dict(),
-                    {"kind": ImageEncoder.kind, "format_version": 1, "config": enc_cfg,
-                     "predicts": "world_code", "training": record})
+    save_module(trainer.E, out_dir / "image_encoder", half=False, extra={"predicts": "world_code", "training": record})
 
 
 def train_world_generator(recipe: GeneratorRecipe, run: RunOptions,

@@ -24,9 +24,8 @@ from mm2latent.eval.generator_world import TARGETS, comparison_figure, evaluate_
 
 def from_run(run_dir: Path):
     from mm2latent.train import state as ckpt
-    from mm2latent.train.generator_world import TRAIN_KIND, GeneratorRecipe
+    from mm2latent.train.generator_world import TRAIN_KIND, GeneratorRecipe, generator_from_checkpoint
     from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig
-    from mm2latent.models.stylegan2 import Generator
     from mm2latent.world.code import CODE_DIM
 
     found = ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND)
@@ -34,8 +33,7 @@ def from_run(run_dir: Path):
         sys.exit(f"no checkpoint in {run_dir}")
     _, tensors, meta = found
     recipe = GeneratorRecipe.from_dict(meta["recipe"])
-    G = Generator(recipe.model_config())
-    ckpt.load_module_tensors("G_ema", G, tensors)
+    G = generator_from_checkpoint(tensors, recipe)
     E = None
     if meta["stage"] in ("encoder", "done") and any(k.startswith("E.") for k in tensors):
         E = ImageEncoder(ImageEncoderConfig(size=recipe.resolution, z_dim=CODE_DIM, widths=recipe.encoder_widths))

@@ -193,3 +193,33 @@ def test_cli_stops_with_a_resume_hint_and_refuses_bad_recipes(tiny_recipe, tmp_p
     assert main(["train", "generator", "--recipe", str(tiny_recipe), "--out", str(tmp_path / "r"),
                  "--steps", "4", "--amp", "bf16", "--sample-every", "0"]) == 0  # resumes, CPU autocast
     assert "stopped at step 4" in capsys.readouterr().out
+
+
+
+def test_supervised_adam_beta_and_mapping_rate_come_from_the_recipe(tiny_recipe, tmp_path):
+    import dataclasses
+
+    recipe = dataclasses.replace(load_recipe(tiny_recipe), lr_mlp=1.0, g_beta1_supervised=0.9)
+    t = WorldGeneratorTrainer(recipe, RunOptions(out=str(tmp_path / "x")))
+    t.train_step()
+    assert t.optG.param_groups[0]["betas"][0] == 0.9 and t.G.cfg.lr_mlp == 1.0
+    run = tmp_path / "run"
+    t = train_world_generator(recipe, RunOptions(out=str(run), sample_every=0))
+    assert t.optG.param_groups[0]["betas"][0] == 0.0  # StyleGAN2's beta1 once adversarial
+    G = load_generator(run / "export" / "generator.safetensors")
+    assert G.cfg.lr_mlp == 1.0  # the mapping's weight gains travel with the weights
+    code = torch.from_numpy(world_codes(0, range(2)))
+    with torch.no_grad():
+        assert torch.allclose(G(code, noise_mode="const"), t.G_ema(code, noise_mode="const"), atol=1e-6)
+
+
+def test_a_stage_that_has_not_started_may_change_its_own_keys(tiny_recipe, tmp_path):
+    import dataclasses
+
+    recipe = load_recipe(tiny_recipe)
+    train_world_generator(recipe, RunOptions(out=str(tmp_path / "r"), steps=2, sample_every=0))  # supervised
+    later = dataclasses.replace(recipe, adv_weight=0.3, encoder_lr=0.002)
+    t = train_world_generator(later, RunOptions(out=str(tmp_path / "r"), steps=6, sample_every=0))
+    assert t.stage == "adversarial"
+    with pytest.raises(UserError, match="differs in adv_weight"):  # the adversarial stage has run now
+        train_world_generator(recipe, RunOptions(out=str(tmp_path / "r"), steps=7, sample_every=0))

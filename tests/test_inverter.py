@@ -241,7 +241,7 @@ def test_batched_one_pass_codes_match_per_photo_inversion(weights_with_inverter)
 
 
 def test_budget_bench_optimised_ceilings_fit_better_than_one_pass(weights_with_inverter):
-    """bench/text_fidelity_budget.py: optimising the one-pass code lowers the reconstruction loss,
+    """bench/studies/text_fidelity_budget.py: optimising the one-pass code lowers the reconstruction loss,
     in W (one w shared by every layer) and in W+."""
     import importlib.util
 
@@ -249,7 +249,7 @@ def test_budget_bench_optimised_ceilings_fit_better_than_one_pass(weights_with_i
     from mm2latent.pipeline import Pipeline
 
     spec = importlib.util.spec_from_file_location("text_fidelity_budget", Path(__file__).resolve().parents[1] /
-                                                  "bench" / "text_fidelity_budget.py")
+                                                  "bench" / "studies" / "text_fidelity_budget.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     pipe = Pipeline.from_pretrained(weights_with_inverter)

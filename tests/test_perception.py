@@ -780,12 +780,12 @@ def test_class_weight_power_option(cache, tmp_path):
 
 
 def test_mask_ae_error_bench_locates_boundary_errors_and_over_draw():
-    """bench/mask_ae_errors.py: a 'reconstruction' that grows class 2 by one pixel has every error
+    """bench/studies/mask_ae_errors.py: a 'reconstruction' that grows class 2 by one pixel has every error
     within 1 px of a boundary, only false positives for class 2 and only misses for class 1."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mask_ae_errors", Path(__file__).resolve().parents[1] / "bench" /
-                                                  "mask_ae_errors.py")
+                                                  "studies" / "mask_ae_errors.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     truth = torch.ones(2, 16, 16, dtype=torch.long)

@@ -1,4 +1,4 @@
-"""``mm2latent eval TARGET``: the evaluation protocols (DESIGN.md section 4)."""
+"""``mm2latent eval TARGET``: the evaluation protocols (docs/design.md section 4)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def register(sub) -> None:
     from .perception import register_eval_subcommands
 
     e = sub.add_parser("eval", help="the evaluation protocol (all methods) or one part of it",
-                       description="Without a TARGET: the full protocol of DESIGN.md section 4 on the held-out "
+                       description="Without a TARGET: the full protocol of docs/design.md section 4 on the held-out "
                        "world split, every method in one run, written to --out DIR (report.json, report.md, "
                        "grid.png, bars.png; resumable). With a TARGET: one part.")
     e.add_argument("--out", default=None, help="report directory (full protocol)")

@@ -124,8 +124,8 @@ def run_generator(args: argparse.Namespace) -> int:
         from ..eval.generator_world import evaluate_world_generator, load_judges
 
         export = Path(args.out) / "export"
-        figures = evaluate_world_generator(trainer.G_ema.cpu(), trainer.E.cpu().eval(), num=args.eval_num,
-                                           **load_judges())
+        G = trainer.G_ema.cpu()
+        figures = evaluate_world_generator(G, trainer.E.cpu().eval(), num=args.eval_num, **load_judges())
         write_text_atomic(export / "figures.json", json.dumps(figures, indent=1) + "\n")
         met = sum(figures["targets_met"].values())
         print(f"finished: weights and figures in {export} ({met} of {len(figures['targets_met'])} targets met)")

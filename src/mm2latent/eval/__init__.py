@@ -1,1 +1,1 @@
-"""Evaluation protocols (see DESIGN.md section 4)."""
+"""Evaluation protocols (see docs/design.md section 4)."""

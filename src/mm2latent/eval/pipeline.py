@@ -1,4 +1,4 @@
-"""Held-out evaluation of generation (DESIGN.md section 4, issue "MappingNet").
+"""Held-out evaluation of generation (docs/design.md section 4, issue "MappingNet").
 
 On ``num`` faces of the world test split (rendered with their captions from
 the training grammar and from the held-out grammar):

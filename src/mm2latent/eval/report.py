@@ -1,4 +1,4 @@
-"""``mm2latent eval --out DIR``: the measuring protocol (DESIGN.md section 4), all methods in one run.
+"""``mm2latent eval --out DIR``: the measuring protocol (docs/design.md section 4), all methods in one run.
 
 Methods, on the same held-out world inputs (test split, ``num`` faces):
 
@@ -202,7 +202,7 @@ def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisatio
         rows[name] = row
     ceiling = c.derive(data["image"])
     report = {
-        "protocol": "DESIGN.md section 4 on the held-out world test split",
+        "protocol": "docs/design.md section 4 on the held-out world test split",
         "num": num, "seed": seed, "rows": rows,
         "judges_on_renders": {"text_fidelity": fact_accuracy(ceiling["attributes"], data["facts"])["accuracy"],
                               "mask_miou": mean_iou(confusion_matrix(ceiling["mask"], tmask))},

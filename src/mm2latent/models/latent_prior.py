@@ -13,7 +13,7 @@ glasses, bald heads ...) with one ellipsoid: samples fall between modes, and
 truncation towards its single mean erases the rare ones. A mixture of K
 full-covariance Gaussians (fitted by EM) keeps them, and truncates each sample
 towards its own component's mean: ``w = mu_k + psi * L_k @ eps``, k drawn with
-the mixture weights (cluster-wise truncation). ``bench/latent_prior_mixture.py``
+the mixture weights (cluster-wise truncation). ``bench/studies/latent_prior_mixture.py``
 measures both against held-out renders.
 """
 

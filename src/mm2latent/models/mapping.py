@@ -1,6 +1,6 @@
 """MappingNet: [text ; mask ; sketch ; coefficient embeddings] -> StyleGAN w.
 
-The MM2Latent mapper (DESIGN.md section 1): the modality embeddings are
+The MM2Latent mapper (docs/design.md section 1): the modality embeddings are
 concatenated, normalised (BatchNorm) and dropped out at the input, then an MLP
 of equalised-learning-rate linear layers with LeakyReLU 0.2 outputs w (one
 vector, W space) or ``num_ws`` vectors (W+).

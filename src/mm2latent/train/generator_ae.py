@@ -119,7 +119,8 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: reconstruction's share of each class against its own mask's, so a speck of a rare class where
     #: none belongs costs as much as drawing it too small where it does. Measured (stop 32): it lifts an
     #: overfit to renders that all wear earrings, but on the whole world it taught the synthesis to leave
-    #: uncertain earrings out (docs/reports/generator_image_share_not_shipped.json); not used by a shipped phase
+    #: uncertain earrings out (git show e566078:docs/reports/generator_image_share_not_shipped.json); not used
+    #: by a shipped phase
     image_share_weight: float = 0.0
     #: synthesis-only phases: weight of the class-share term on *unconditional samples*. ``prior_batch``
     #: latents a step are drawn from the latent prior (``latent_prior``: a latent_prior.safetensors file;
@@ -139,7 +140,8 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: balanced accuracy 0.68 / 0.67; hats 0.997), so the synthesis cannot know whom to give them; this
     #: puts the information into w, where the parser loss can teach the synthesis to draw it. Phase 10
     #: (shipped; weight 0.5, then 5 after the head stalled at the gender level) took the probe to
-    #: 0.98 / 0.97 and earrings in samples from 0.75x to 0.87x of the renders' share (README, stop 33)
+    #: 0.98 / 0.97 and earrings in samples from 0.75x to 0.87x of the renders' share
+    #: (docs/reports/accessory_encoding.json, docs/reports/generator_eval_untruncated.json)
     latent_attrs: str = ""
     latent_attr_weight: float = 0.0
     #: autoencoder phases from --init: mean squared distance of w = mapping(mu(x)) to the --init weights'

@@ -52,6 +52,9 @@ from .stylegan2 import AUGMENTS, DataOrder, diff_augment, pick_device
 
 TRAIN_KIND = "world-generator-train"
 STAGES = ("supervised", "adversarial", "encoder")
+# recipe keys that only a stage reads: they may change on resume while that stage has not started
+STAGE_KEYS = {"adversarial": ("l1_adversarial", "adv_weight", "r1_gamma", "r1_every", "augment"),
+              "encoder": ("encoder_lr", "encoder_w_weight")}
 
 
 @dataclass
@@ -65,12 +68,14 @@ class GeneratorRecipe(ckpt.OptionsDict):
     d_channels: list[int] = field(default_factory=lambda: [128, 128, 64, 32, 16, 16])
     w_dim: int = 256
     mapping_layers: int = 4
+    lr_mlp: float = 0.01  # mapping learning-rate multiplier (StyleGAN's 0.01 all but freezes a conditional mapping)
     # schedule, in thousands of images
     batch: int = 16
     supervised_kimg: float = 100.0
     adversarial_kimg: float = 500.0
     encoder_kimg: float = 200.0
     lr: float = 0.002
+    g_beta1_supervised: float = 0.0  # Adam beta1 of G in the supervised stage (adversarial: 0, as StyleGAN2)
     ema_kimg: float = 5.0
     ema_rampup: float = 0.05
     # L1 weights at full, half and quarter size
@@ -110,8 +115,8 @@ class GeneratorRecipe(ckpt.OptionsDict):
             if len(getattr(self, name)) != len(res):
                 raise UserError(f"recipe: {name} needs {len(res)} widths (for {', '.join(map(str, res))})")
         return StyleGAN2Config(resolution=self.resolution, z_dim=CODE_DIM, w_dim=self.w_dim,
-                               mapping_layers=self.mapping_layers, channels=dict(zip(res, self.channels)),
-                               d_channels=dict(zip(res, self.d_channels)))
+                               mapping_layers=self.mapping_layers, lr_mlp=self.lr_mlp,
+                               channels=dict(zip(res, self.channels)), d_channels=dict(zip(res, self.d_channels)))
 
     def stage_bounds(self) -> list[tuple[str, int]]:
         """(stage, last step + 1) for each stage, in order."""
@@ -259,6 +264,10 @@ class WorldGeneratorTrainer:
         if stage == "done":
             raise RuntimeError("the recipe is finished")
         real, code = self._batch()
+        if stage != "encoder":  # G's Adam: beta1 of the recipe while supervised, 0 (StyleGAN2) once adversarial
+            beta1 = self.recipe.g_beta1_supervised if stage == "supervised" else 0.0
+            for group in self.optG.param_groups:
+                group["betas"] = (beta1, group["betas"][1])
         stats = {k: float(v.detach()) for k, v in getattr(self, f"_step_{stage}")(real, code).items()}
         self.step += 1
         if stage != "encoder":
@@ -283,6 +292,7 @@ class WorldGeneratorTrainer:
             fake = self.G_fwd(code)
             g_adv = F.softplus(-self.D_fwd(aug(fake))).float().mean()
         l1 = self.l1_pyramid(fake, real, r.l1_adversarial)
+        stats = {"l1": l1, "g_adv": g_adv}
         self._backward(l1 + r.adv_weight * g_adv, self.optG)
         self.D.requires_grad_(True)
         # D: logistic loss on the same fakes, lazy R1 on reals
@@ -291,7 +301,7 @@ class WorldGeneratorTrainer:
             d_fake = self.D_fwd(aug(fake.detach()))
             d_real = self.D_fwd(aug(real))
         d_loss = (F.softplus(d_fake.float()) + F.softplus(-d_real.float())).mean()
-        stats = {"l1": l1, "g_adv": g_adv, "d": d_loss}
+        stats["d"] = d_loss
         if self.step % r.r1_every == 0:
             x = real.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.D(x).sum(), x, create_graph=True)
@@ -372,6 +382,14 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
     return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def generator_from_checkpoint(tensors: dict[str, torch.Tensor], recipe: GeneratorRecipe,
+                              name: str = "G_ema") -> Generator:
+    """The generator ``name`` of a training checkpoint (for benches beside a live run)."""
+    G = Generator(recipe.model_config())
+    ckpt.load_module_tensors(name, G, tensors)
+    return G.eval().requires_grad_(False)
+
+
 def export(trainer: WorldGeneratorTrainer, out_dir: Path) -> None:
     """Write the inference weights: generator (G_ema, world-code mapping) and the code encoder."""
     from ..perception import save_module
@@ -397,6 +415,9 @@ def train_world_generator(recipe: GeneratorRecipe, run: RunOptions,
         if stored.to_dict() != recipe.to_dict():
             changed = sorted(k for k, v in recipe.to_dict().items() if stored.to_dict().get(k) != v)
             allowed = {"supervised_kimg", "adversarial_kimg", "encoder_kimg", "data"}
+            started = {name for name, start in zip(STAGES, [0] + [e for _, e in stored.stage_bounds()[:-1]])
+                       if found[2]["step"] >= start}
+            allowed |= {k for stage, keys in STAGE_KEYS.items() if stage not in started for k in keys}
             if set(changed) - allowed:
                 raise UserError(f"{run_dir} holds a run of another recipe (differs in {', '.join(changed)}); "
                                 "choose another --out")

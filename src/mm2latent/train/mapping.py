@@ -5,7 +5,7 @@ Each step takes a batch of (w, image embedding, control embeddings) made by
 inference, except that the text slot holds the *pseudo text embedding*
 normalise(image_emb + N(0, text_noise_std^2 I)) and every modality is replaced
 by its learned absent embedding with probability ``drop_prob`` (so any subset
-works at inference). Loss: L1 + cosine on w (DESIGN.md section 1), plus an
+works at inference). Loss: L1 + cosine on w (docs/design.md section 1), plus an
 optional image-space terms on G(w_pred), sharing one generator pass per step
 (costly on CPU): the parser's cross-entropy against the sample's mask
 (``seg_weight``) and the attribute classifier's binary cross-entropy against

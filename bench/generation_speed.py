@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.eval.baselines import load_tuned_settings, optimise_budgets  # noqa: E402
-from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
+from mm2latent.models.metrics import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
 from mm2latent.pipeline import Pipeline  # noqa: E402
 

@@ -46,7 +46,7 @@ def from_run(run_dir: Path):
 
 def from_weights(d: Path | None):
     from mm2latent.models.stylegan2 import read_generator
-    from mm2latent.perception import default_weights_dir, load_module_file
+    from mm2latent.models.registry import default_weights_dir, load_module_file
 
     d = d or default_weights_dir()
     G, meta = read_generator(d / "generator.safetensors")

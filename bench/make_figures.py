@@ -61,7 +61,7 @@ def main() -> None:
         return x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
     if pipe.latent_prior is not None:
-        from mm2latent.cli.sample import sample_generator
+        from mm2latent.pipeline.sampling import sample_generator
 
         fitted, _ = sample_generator(G, 64, 0, 0.7, prior=pipe.latent_prior)
         save_image(out / "generator_samples_fitted.png", make_grid(fitted, 8))

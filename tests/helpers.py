@@ -36,7 +36,7 @@ def build_tiny_weights(d: Path, data_dir: Path | None = None, run_dir: Path | No
     from mm2latent.models.clip import save_clip
     from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig
     from mm2latent.models.stylegan2 import Generator, save_generator
-    from mm2latent.perception import build_model, save_module
+    from mm2latent.models.registry import build_model, save_module
     from mm2latent.train.mapping import MappingTrainOptions, train_mapping
     from mm2latent.train.mapping_data import generate_mapping_data
 

@@ -181,7 +181,6 @@ def test_checkpoints_and_json_are_written_as_ordinary_files(tmp_path):
 
 
 def test_resume_removes_torn_checkpoint_writes_and_readers_leave_them(tmp_path):
-    from mm2latent.train import perception as tp
     from mm2latent.train import state
 
     d = tmp_path / "checkpoints"
@@ -191,7 +190,7 @@ def test_resume_removes_torn_checkpoint_writes_and_readers_leave_them(tmp_path):
     keep = d / "notes.txt"
     keep.write_text("kept")
     # a reader beside a live run (a bench, a watcher) must not delete a write in progress
-    tp.list_checkpoints(tmp_path)
+    state.list_checkpoints(tmp_path)
     assert state.latest_good_checkpoint(tmp_path, "x") is None and torn.exists()
     # the process that resumes the run cleans up
     assert state.latest_good_checkpoint(tmp_path, "x", clean=True) is None

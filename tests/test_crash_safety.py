@@ -48,19 +48,11 @@ KINDS = {"clip": "clip-train", "perception": "train_mask_ae", "mapping": "mappin
 
 
 def _checkpoints(which, run):
-    """(step, path of the .safetensors) newest first; the perception trainer names its files step-N."""
-    if which == "perception":
-        from mm2latent.train.perception import list_checkpoints
-
-        return [(int(p.stem[5:]), p) for p in reversed(list_checkpoints(run))]
+    """(step, path of the .safetensors) newest first."""
     return [(int(s.name[5:]), s.with_suffix(".safetensors")) for s in st.list_checkpoints(run)]
 
 
 def _read(which, path):
-    if which == "perception":
-        from mm2latent.common.checkpoint import load_checkpoint
-
-        return load_checkpoint(path)
     return st.read_checkpoint(path.with_suffix(""), KINDS[which])
 
 

@@ -12,7 +12,7 @@ import torch
 from mm2latent.common.errors import UserError
 from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
 from mm2latent.models.stylegan2 import load_generator
-from mm2latent.perception import build_model, load_module_file, save_module
+from mm2latent.models.registry import build_model, load_module_file, save_module
 from mm2latent.train import state as ckpt
 from mm2latent.train.generator_ae import TRAIN_KIND, GeneratorAEOptions, GeneratorAETrainer, train_generator_ae
 

@@ -57,7 +57,7 @@ def test_class_frequencies_separate_parser_bias_from_generator():
     """With a parser, each class's pixel share is reported three ways: the parser on samples,
     the true masks of the renders, and the same parser on the same renders."""
     from mm2latent.eval.generator import parse_all, render_split
-    from mm2latent.perception import build_model
+    from mm2latent.models.registry import build_model
 
     G, enc = tiny_generator_and_encoder()
     parser = build_model("parser", {"base": 4, "depth": 3, "max_width": 16, "size": 64}).eval()
@@ -76,7 +76,7 @@ def test_class_frequencies_of_reconstructions():
     renders are a fourth column (over-drawing by the synthesis itself, not by the prior's w)."""
     from mm2latent.eval.generator import parse_all, reconstruct, render_split
     from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig
-    from mm2latent.perception import build_model
+    from mm2latent.models.registry import build_model
 
     G, enc = tiny_generator_and_encoder()
     image_encoder = ImageEncoder(ImageEncoderConfig(size=64, z_dim=16, widths=[8, 8, 16, 16])).eval()
@@ -93,7 +93,7 @@ def test_judged_reconstructions_report_the_generator_ceiling():
     """The judges score renders against their own truth and reconstructions against the
     same truth; an image set identical to the renders scores identically."""
     from mm2latent.eval.generator import judge_reconstructions, render_split, split_attributes
-    from mm2latent.perception import build_model
+    from mm2latent.models.registry import build_model
     from mm2latent.world.attributes import ATTRIBUTES
 
     torch.manual_seed(0)

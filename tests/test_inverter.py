@@ -11,7 +11,7 @@ import torch
 from mm2latent.common.errors import UserError
 from mm2latent.models.inversion import ImageEncoder, ImageEncoderConfig, WPlusInverter, WPlusInverterConfig
 from mm2latent.models.stylegan2 import Generator
-from mm2latent.perception import build_model, load_module_file, save_module
+from mm2latent.models.registry import build_model, load_module_file, save_module
 from mm2latent.train import state as ckpt
 from mm2latent.train.inverter import TRAIN_KIND, InverterOptions, InverterTrainer, train_inverter
 

@@ -131,8 +131,8 @@ def test_reembed_recomputes_control_embeddings_only(weights, mdata, tmp_path, ca
     """mapping-reembed: a copy whose mask embeddings come from another mask AE, read from the
     stored masks (what the generator pass would have produced with that AE); every other array is
     unchanged, the source untouched, and the result loads and trains."""
-    from mm2latent.perception import load_module_file
-    from mm2latent.pipeline.controls import resize_labels
+    from mm2latent.models.controls import resize_labels
+    from mm2latent.models.registry import load_module_file
     from mm2latent.train.mapping_data import reembed_mapping_data
 
     src_bytes = {p.name: p.read_bytes() for p in mdata.iterdir()}
@@ -141,7 +141,7 @@ def test_reembed_recomputes_control_embeddings_only(weights, mdata, tmp_path, ca
     torch.manual_seed(5)
     for p_ in new_ae.parameters():
         torch.nn.init.normal_(p_, std=0.1)
-    from mm2latent.perception import save_module
+    from mm2latent.models.registry import save_module
 
     save_module(new_ae, tmp_path / "mask_ae.safetensors")
     out = tmp_path / "re"
@@ -276,7 +276,7 @@ def test_mapping_image_space_terms(weights, mdata):
 def test_mapping_init_fine_tunes_an_exported_net(weights, mdata):
     """--init: the run starts from the exported MappingNet's weights and w statistics
     (same predictions before any step); a net of another shape is refused in one line."""
-    from mm2latent.perception import load_module_file
+    from mm2latent.models.registry import load_module_file
     from mm2latent.train.mapping import MappingTrainer
 
     data = load_mapping_data(mdata)
@@ -647,7 +647,7 @@ def test_baseline_tuning_on_validation_feeds_the_report(weights, tmp_path, capsy
 
 
 def test_mapping_data_from_the_posterior(weights, tmp_path):
-    from mm2latent.perception import load_module_file
+    from mm2latent.models.registry import load_module_file
     from mm2latent.train.mapping_data import chunk_z
     from helpers import write_world_cache
     from mm2latent.world.cache import CachedWorldDataset
@@ -719,7 +719,7 @@ def test_pipeline_and_generator_eval_use_a_fitted_latent_prior(weights, tmp_path
     import shutil
 
     from mm2latent.models.latent_prior import GaussianLatentPrior
-    from mm2latent.perception import save_module
+    from mm2latent.models.registry import save_module
 
     d = tmp_path / "w"
     shutil.copytree(weights, d, ignore=shutil.ignore_patterns("_*"))

@@ -18,6 +18,7 @@ from mm2latent.common.errors import UserError
 from mm2latent.common.palette import NUM_CLASSES, PALETTE
 from mm2latent.eval import perception as ev
 from mm2latent.models.analyzer import AnalyzerConfig, FaceAnalyzer
+from mm2latent.models import metrics
 from mm2latent.models.autoencoders import (
     CoeffAE,
     CoeffAEConfig,
@@ -33,8 +34,9 @@ from mm2latent.models.autoencoders import (
     warp_labels,
 )
 from mm2latent.models.parser import FaceParser, ParserConfig
-from mm2latent.perception import load_module, load_module_file, load_perception, save_module
+from mm2latent.models.registry import load_module, load_module_file, load_perception, save_module
 from mm2latent.train import perception as tp
+from mm2latent.train import state as st
 
 from helpers import REAL_SKIP_REASON, real_samples_dir  # noqa: E402
 
@@ -67,7 +69,7 @@ def _opts(task, cache, out, **kw):
 
 
 def _tiny(kind, size=32):
-    from mm2latent.perception import build_model
+    from mm2latent.models.registry import build_model
 
     cfg = dict(TINY_MODEL[kind])
     if kind != "coeff_ae":
@@ -133,7 +135,7 @@ def test_autoencoder_shapes():
 
 
 def test_default_configs_are_small():
-    from mm2latent.perception import build_model
+    from mm2latent.models.registry import build_model
 
     for kind in ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae"):
         n = sum(p.numel() for p in build_model(kind).parameters())
@@ -146,25 +148,25 @@ def test_default_configs_are_small():
 def test_confusion_and_iou_known_case():
     truth = torch.tensor([[0, 0, 1, 1], [0, 2, 2, 1]])
     pred = torch.tensor([[0, 1, 1, 1], [0, 2, 0, 1]])
-    cm = ev.confusion_matrix(pred, truth, 4)
+    cm = metrics.confusion_matrix(pred, truth, 4)
     assert cm.tolist() == [[2, 1, 0, 0], [0, 3, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
-    iou = ev.iou_per_class(cm)
+    iou = metrics.iou_per_class(cm)
     # class 0: tp 2, fp 1, fn 1 -> 2/4; class 1: tp 3, fp 1 -> 3/4; class 2: tp 1, fn 1 -> 1/2; class 3 absent
     assert np.allclose(iou[:3], [0.5, 0.75, 0.5]) and math.isnan(iou[3])
-    assert ev.mean_iou(cm) == pytest.approx((0.5 + 0.75 + 0.5) / 3)
+    assert metrics.mean_iou(cm) == pytest.approx((0.5 + 0.75 + 0.5) / 3)
     # a class only predicted (never true) counts with IoU 0
-    cm2 = ev.confusion_matrix(torch.tensor([3, 0]), torch.tensor([0, 0]), 4)
-    iou2 = ev.iou_per_class(cm2)
+    cm2 = metrics.confusion_matrix(torch.tensor([3, 0]), torch.tensor([0, 0]), 4)
+    iou2 = metrics.iou_per_class(cm2)
     assert iou2[0] == 0.5 and iou2[3] == 0.0 and math.isnan(iou2[1])
 
 
 def test_balanced_accuracy_known_case():
     t = np.array([[1, 0, 1], [1, 0, 1], [0, 0, 1], [0, 0, 1]], bool)
     p = np.array([[1, 1, 1], [0, 0, 1], [0, 0, 0], [0, 0, 1]], bool)
-    ba = ev.balanced_accuracy(p, t)
+    ba = metrics.balanced_accuracy(p, t)
     # col 0: TPR 1/2, TNR 2/2 -> 0.75; col 1: only negatives, TNR 3/4; col 2: only positives, TPR 3/4
     assert np.allclose(ba, [0.75, 0.75, 0.75])
-    assert ev.balanced_accuracy(np.array([1, 0]), np.array([1, 0]))[0] == 1.0
+    assert metrics.balanced_accuracy(np.array([1, 0]), np.array([1, 0]))[0] == 1.0
 
 
 def test_edge_fscore_tolerance():
@@ -172,13 +174,13 @@ def test_edge_fscore_tolerance():
     t[0, 0, 4, 1:7] = 1  # a 6-pixel horizontal line
     p = torch.zeros_like(t)
     p[0, 0, 5, 1:7] = 1  # the same line, one pixel lower
-    assert ev.edge_fscore(p, t, tol=1) == pytest.approx(1.0)
-    assert ev.edge_fscore(p, t, tol=0) == pytest.approx(0.0)
+    assert metrics.edge_fscore(p, t, tol=1) == pytest.approx(1.0)
+    assert metrics.edge_fscore(p, t, tol=0) == pytest.approx(0.0)
     p2 = t.clone()
     p2[0, 0, 0, 0] = 1  # one spurious far pixel: precision 6/7, recall 1
-    f = ev.edge_fscore(p2, t, tol=1)
+    f = metrics.edge_fscore(p2, t, tol=1)
     assert f == pytest.approx(2 * (6 / 7) / (6 / 7 + 1))
-    c = ev.edge_match_counts(p2, t, 1)
+    c = metrics.edge_match_counts(p2, t, 1)
     assert c.tolist() == [6, 7, 6, 6]
 
 
@@ -189,7 +191,7 @@ def test_coeff_mae_raw_units():
     p = t.copy()
     p[:, 0] = 0.1  # yaw range 60 degrees -> 0.1 normalised = 3 degrees
     p[0, 3] = 0.5  # smile range 1 -> 0.25, averaged over 2 rows = 0.125
-    mae = ev.coeff_mae_raw(p, t)
+    mae = metrics.coeff_mae_raw(p, t)
     assert COEFF_NAMES[0] == "yaw" and mae[0] == pytest.approx(3.0, abs=1e-5)
     assert mae[3] == pytest.approx(0.125, abs=1e-6) and mae[1] == 0
 
@@ -286,7 +288,7 @@ def test_tiny_training_reduces_loss(task, cache, tmp_path):
     tr = tp.train_perception(_opts(task, cache, tmp_path / task, steps=steps, lr=1e-2 if task != "analyzer" else 2e-3,
                                    augment=False), quiet=True)
     losses = _losses(tmp_path / task)
-    assert len(losses) == steps and tr.step_count == steps
+    assert len(losses) == steps and tr.step == steps
     assert np.mean(losses[-5:]) < (0.8 if task != "analyzer" else 0.85) * np.mean(losses[:3])
     # the exported shipped weights load and agree with the trained model
     m = load_module_file(tmp_path / task / f"{task}.safetensors", task)
@@ -301,7 +303,7 @@ def test_tiny_training_reduces_loss(task, cache, tmp_path):
 def test_sketch_and_coeff_trainers_run(cache, tmp_path):
     for task in ("sketch_ae", "coeff_ae"):
         tr = tp.train_perception(_opts(task, cache, tmp_path / task, steps=6), quiet=True)
-        assert tr.step_count == 6 and (tmp_path / task / f"{task}.safetensors").exists()
+        assert tr.step == 6 and (tmp_path / task / f"{task}.safetensors").exists()
 
 
 def test_resume_is_exact(cache, tmp_path):
@@ -310,11 +312,11 @@ def test_resume_is_exact(cache, tmp_path):
     opts_b = _opts("mask_ae", cache, tmp_path / "b", steps=6, ckpt_minutes=100)
     b = tp.PerceptionTrainer(opts_b)
     for _ in range(3):
-        b.step()
-    tp.write_checkpoint(b, tmp_path / "b")
+        b.train_step()
+    st.write_checkpoint(tmp_path / "b", b.step, *b.state(), kind="train_mask_ae")
     del b
     b2 = tp.train_perception(opts_b, resume=True, quiet=True)
-    assert b2.step_count == 6
+    assert b2.step == 6
     for (k, va), (_, vb) in zip(a.model.state_dict().items(), b2.model.state_dict().items()):
         assert torch.equal(va, vb), k
     # the checkpoint round trip restores optimizer state bit-exactly
@@ -346,7 +348,7 @@ def test_init_fine_tunes_exported_weights(cache, tmp_path):
     tr = tp.train_perception(_opts("mask_ae", cache, tmp_path / "ft2", steps=3, init=str(exported), model={}),
                             quiet=True)
     meta = json.loads((tmp_path / "ft2" / "mask_ae.json").read_text())["trained"]
-    assert meta["init"]["trained"]["steps"] == 4 and meta["steps"] == 3 == tr.step_count
+    assert meta["init"]["trained"]["steps"] == 4 and meta["steps"] == 3 == tr.step
     assert meta["total_images_seen"] == src.images_seen + tr.images_seen
     with pytest.raises(UserError, match="model-config"):
         tp.train_perception(_opts("mask_ae", cache, tmp_path / "x", steps=1, init=str(exported), model={"base": 8}),
@@ -385,8 +387,8 @@ def test_freeze_encoder_trains_a_wider_decoder_behind_the_same_code(cache, tmp_p
     ob = _opts("mask_ae", cache, tmp_path / "b", steps=6, ckpt_minutes=100, **kw)
     b = tp.PerceptionTrainer(ob)
     for _ in range(3):
-        b.step()
-    tp.write_checkpoint(b, tmp_path / "b")
+        b.train_step()
+    st.write_checkpoint(tmp_path / "b", b.step, *b.state(), kind="train_mask_ae")
     b2 = tp.train_perception(ob, resume=True, quiet=True)
     for (k, va), (_, vb) in zip(a.model.state_dict().items(), b2.model.state_dict().items()):
         assert torch.equal(va, vb), k
@@ -457,7 +459,7 @@ def test_second_refinement_stage_stacks_behind_a_frozen_encoder(cache, tmp_path)
 
 def test_minutes_budget_stops(cache, tmp_path):
     tr = tp.train_perception(_opts("coeff_ae", cache, tmp_path / "m", minutes=0.002), quiet=True)
-    assert tr.step_count >= 1 and tr.elapsed >= 0.12
+    assert tr.step >= 1 and tr.elapsed >= 0.12
 
 
 def test_options_validation(cache, tmp_path):
@@ -472,9 +474,9 @@ def test_flatten_optimizer_roundtrip():
     opt = torch.optim.Adam(m.parameters(), lr=0.1)
     m(torch.ones(4, 3)).sum().backward()
     opt.step()
-    t, meta = tp.flatten_optimizer(opt)
+    t, meta = st.flatten_optimizer(opt, "opt")
     opt2 = torch.optim.Adam(m.parameters(), lr=0.5)
-    tp.unflatten_optimizer(opt2, t, json.loads(json.dumps(meta)))
+    st.unflatten_optimizer(opt2, "opt", t, json.loads(json.dumps(meta)))
     s1, s2 = opt.state_dict(), opt2.state_dict()
     assert s2["param_groups"][0]["lr"] == 0.1
     for i in s1["state"]:
@@ -642,7 +644,7 @@ def test_cli_train_and_eval(cache, weights, tmp_path, capsys):
 
 
 def test_sketch_from_image_polarity_and_resize():
-    from mm2latent.perception import sketch_from_image
+    from mm2latent.models.registry import sketch_from_image
 
     a = np.full((64, 80), 255, np.uint8)
     a[30:32, 16:64] = 0  # a black 2-px line on white
@@ -664,7 +666,7 @@ def test_legacy_configs_keep_their_architecture():
     assert legacy.full_res is True and legacy.latent == "dense"
     assert SpatialAEConfig().latent == "spatial" and SpatialAEConfig().full_res is False
     # a shipped file whose JSON predates ``full_res`` loads as the full-resolution net it is
-    from mm2latent.perception import build_model, load_module_file, save_module
+    from mm2latent.models.registry import build_model, load_module_file, save_module
 
     old = build_model("parser", {"base": 4, "depth": 2, "max_width": 8, "full_res": True, "size": 16})
     import tempfile

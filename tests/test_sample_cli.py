@@ -39,7 +39,7 @@ def test_sample_writes_images_and_latents_deterministically(tmp_path):
 
 
 def test_sample_truncation_zero_gives_w_avg(tmp_path):
-    from mm2latent.cli.sample import sample_generator
+    from mm2latent.pipeline.sampling import sample_generator
 
     G = _tiny_generator(tmp_path / "g").eval()
     _, w = sample_generator(G, 4, 0, 0.0)
@@ -88,7 +88,7 @@ def test_mixture_prior_keeps_modes_and_truncates_towards_its_components():
     import tempfile
 
     from mm2latent.models.latent_prior import GaussianLatentPrior
-    from mm2latent.perception import load_module_file, save_module
+    from mm2latent.models.registry import load_module_file, save_module
 
     g = torch.Generator().manual_seed(0)
     centres = torch.stack([torch.full((5,), 4.0), torch.full((5,), -4.0)])
@@ -176,9 +176,9 @@ def test_split_components_over_groups():
 
 
 def test_sample_uses_the_fitted_prior_beside_the_generator(tmp_path):
-    from mm2latent.cli.sample import load_prior, sample_generator
+    from mm2latent.pipeline.sampling import load_prior, sample_generator
     from mm2latent.models.latent_prior import GaussianLatentPrior
-    from mm2latent.perception import save_module
+    from mm2latent.models.registry import save_module
 
     G = _tiny_generator(tmp_path / "generator").eval()
     gpath = tmp_path / "generator.safetensors"
@@ -203,7 +203,7 @@ def test_sample_uses_the_fitted_prior_beside_the_generator(tmp_path):
 def test_fit_latent_prior_command(tmp_path):
     from helpers import build_tiny_weights, write_world_cache
 
-    from mm2latent.perception import load_module_file
+    from mm2latent.models.registry import load_module_file
 
     weights = build_tiny_weights(tmp_path / "w")
     cache = write_world_cache(tmp_path / "cache", 40, 64)

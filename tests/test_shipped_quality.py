@@ -6,12 +6,12 @@ so that they catch a broken or swapped checkpoint, not noise.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "mm2latent" / "weights"
+from mm2latent.models.registry import default_weights_dir
+
+WEIGHTS = default_weights_dir()
 #: mask AE reconstruction mIoU floor on the 16 faces below, clean (shifted: floor - 0.07). The shipped (stop 25)
 #: AE measures 0.900 clean / 0.834 shifted; stop 24's scored 0.895 / 0.826, stop 23's 0.881 / 0.817
 MASK_AE_FLOOR = 0.895
@@ -38,7 +38,7 @@ def test_sizes_fit_the_budget():
 
 
 def test_parser_on_renders(pipe, data):
-    from mm2latent.eval.perception import confusion_matrix, mean_iou
+    from mm2latent.models.metrics import confusion_matrix, mean_iou
 
     d = pipe.controls.derive(data["image"])
     assert mean_iou(confusion_matrix(d["mask"], data["mask"])) > 0.75  # measured 0.835 on 200
@@ -46,7 +46,7 @@ def test_parser_on_renders(pipe, data):
 
 @torch.no_grad()
 def test_generation_follows_the_mask(pipe, data):
-    from mm2latent.eval.perception import confusion_matrix, mean_iou
+    from mm2latent.models.metrics import confusion_matrix, mean_iou
     from mm2latent.eval.pipeline import _batched_embeddings
 
     seeds = list(range(16))
@@ -148,7 +148,7 @@ def test_attribute_classifier_on_renders(pipe):
     import numpy as np
 
     from mm2latent.eval.generator import split_attributes
-    from mm2latent.eval.perception import balanced_accuracy
+    from mm2latent.models.metrics import balanced_accuracy
     from mm2latent.eval.pipeline import render_test
     from mm2latent.world.attributes import ATTRIBUTES
 
@@ -165,7 +165,7 @@ def test_attribute_classifier_on_renders(pipe):
 def test_fitted_prior_samples_are_faces(pipe):
     """Samples drawn the way `mm2latent sample` draws them parse as faces: skin in the
     middle, hair or a hat above it, background at the corners."""
-    from mm2latent.cli.sample import sample_generator
+    from mm2latent.pipeline.sampling import sample_generator
     from mm2latent.common.palette import CLASS_NAMES
 
     assert pipe.latent_prior is not None
@@ -186,7 +186,7 @@ def test_fitted_prior_keeps_hats(pipe):
     """The shipped prior is a mixture, so truncation-0.7 samples keep the rare modes: the
     parser finds hats in them about as often as in renders (hat pixel share 0.012 on test
     renders, 0.011 measured on 2,000 samples; one Gaussian's samples gave 0.0009)."""
-    from mm2latent.cli.sample import sample_generator
+    from mm2latent.pipeline.sampling import sample_generator
     from mm2latent.common.palette import CLASS_NAMES
 
     assert pipe.latent_prior.config.components > 1
@@ -202,7 +202,7 @@ def test_sample_class_shares_match_the_renders(pipe):
     large classes and face parts within 0.75-1.3x of the renders' share, hats, earrings and necklaces
     within 0.4-1.5x (phase 10 here: 0.99 / 0.69 / 1.10; phase 9: 0.80 / 0.65 / 0.88 since mixture components are drawn systematically, 0.62 / 0.53 / 1.00 with independent draws; the phase-7 generator drew brows 1.8-1.9x, lips 1.44x, earrings 2.2x, necklaces
     2.1x here; phase 8: face parts 0.90-1.07x; 2,000-sample figures in docs/reports/generator_eval_untruncated.json)."""
-    from mm2latent.cli.sample import sample_generator
+    from mm2latent.pipeline.sampling import sample_generator
     from mm2latent.common.palette import CLASS_NAMES
     from mm2latent.eval.pipeline import render_test
 
@@ -266,7 +266,7 @@ def test_text_guidance_raises_text_fidelity(pipe):
 def test_mask_ae_reconstructs_held_out_masks(pipe, data):
     """The shipped mask AE's 512-d code keeps the layout: reconstruction mIoU on 16 held-out masks,
     clean and shifted/rotated/scaled (the perturbation of `mm2latent eval perception`)."""
-    from mm2latent.eval.perception import confusion_matrix, mean_iou, perturb_masks
+    from mm2latent.models.metrics import confusion_matrix, mean_iou, perturb_masks
 
     ae = pipe.controls.mask_ae
     clean = mean_iou(confusion_matrix(ae.reconstruct(data["mask"]), data["mask"]))

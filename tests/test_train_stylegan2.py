@@ -18,16 +18,9 @@ from safetensors.torch import load_file
 from helpers import sigkill_when
 from mm2latent.common.errors import UserError
 from mm2latent.train import stylegan2 as tr
-from mm2latent.train.stylegan2 import (
-    DataOrder,
-    TensorSource,
-    TrainOptions,
-    diff_augment,
-    latest_good_checkpoint,
-    list_checkpoints,
-    read_checkpoint,
-    train_stylegan2,
-)
+from mm2latent.train import state as st
+from mm2latent.train.state import list_checkpoints
+from mm2latent.train.stylegan2 import TRAIN_KIND, DataOrder, TensorSource, TrainOptions, diff_augment, train_stylegan2
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--size", "16", "--batch", "4", "--channels", "16,16,8", "--z-dim", "16", "--w-dim", "16",
@@ -64,6 +57,14 @@ def _run(cmd, timeout=120):
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
+
+
+def read_checkpoint(stem):
+    return st.read_checkpoint(stem, TRAIN_KIND)
+
+
+def latest_good_checkpoint(run_dir):
+    return st.latest_good_checkpoint(run_dir, TRAIN_KIND)
 
 
 def _final(run_dir):

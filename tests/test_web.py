@@ -21,11 +21,12 @@ from PIL import Image
 
 from mm2latent.common.errors import UserError
 from mm2latent.common.palette import CLASS_NAMES, PALETTE
+from mm2latent.models.registry import default_weights_dir
 
 gradio = pytest.importorskip("gradio") if not os.environ.get("MM2LATENT_REQUIRE_BROWSER") else __import__("gradio")
 from mm2latent.app.server import App, check_upload, editor_mask, sketch_lines, snap_to_palette  # noqa: E402
 
-SHIPPED = Path(os.environ.get("MM2LATENT_WEB_WEIGHTS") or Path(__file__).resolve().parents[1] / "src" / "mm2latent" / "weights")
+SHIPPED = Path(os.environ.get("MM2LATENT_WEB_WEIGHTS") or default_weights_dir())
 HAIR = CLASS_NAMES.index("hair")
 
 

@@ -37,10 +37,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
 from mm2latent.common.progress import progress  # noqa: E402
-from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
+from mm2latent.models.metrics import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import _batched_embeddings, fact_accuracy, render_test  # noqa: E402
 from mm2latent.pipeline import Pipeline  # noqa: E402
-from mm2latent.pipeline.core import _file, default_weights_dir  # noqa: E402
+from mm2latent.models.registry import component_file, default_weights_dir  # noqa: E402
 from mm2latent.train.mapping import MappingTrainer, MappingTrainOptions  # noqa: E402
 from mm2latent.train.mapping_data import load_mapping_data  # noqa: E402
 
@@ -68,7 +68,7 @@ def evaluate(pipe, data, batch: int = 50) -> dict:
 @torch.no_grad()
 def with_render_masks(mdata: dict, cache: str, pipe, batch: int = 256) -> dict:
     """``mdata`` with ``mask`` / ``mask_emb`` taken from the renders of a world cache."""
-    from mm2latent.pipeline.controls import resize_labels
+    from mm2latent.models.controls import resize_labels
     from mm2latent.world.cache import CachedWorldDataset
 
     renders = CachedWorldDataset(cache)
@@ -141,7 +141,7 @@ def main() -> None:
     if "seg" in wanted:
         table.update(seg_steps=a.seg_steps, seg_lr=a.seg_lr, from_shipped=a.from_shipped, true_masks=a.true_masks,
                      wplus_arms=a.wplus_arms)
-    shipped_net = str(_file(Path(a.weights) if a.weights else default_weights_dir(), "mapping_net"))
+    shipped_net = str(component_file(Path(a.weights) if a.weights else default_weights_dir(), "mapping_net"))
     for name, kw in variants:
         kw = dict(kw)
         if kw.pop("init", False):

@@ -27,7 +27,7 @@ from mm2latent.eval.generator import class_frequencies, parse_all, render_split,
 from mm2latent.models.latent_prior import encode_latents
 from mm2latent.models.stylegan2 import widen_generator
 from mm2latent.pipeline import Pipeline
-from mm2latent.pipeline.core import default_weights_dir, load_optional
+from mm2latent.models.registry import default_weights_dir, load_optional
 from mm2latent.train.generator_ae import image_share_loss
 from mm2latent.world.attributes import ATTRIBUTES
 

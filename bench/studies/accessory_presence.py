@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 
-from mm2latent.cli.sample import sample_generator
+from mm2latent.pipeline.sampling import sample_generator
 from mm2latent.common.fileio import emit_json_report
 from mm2latent.common.palette import CLASS_NAMES
 from mm2latent.eval.generator import parse_all, reconstruct, render_split, to_float

@@ -41,13 +41,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from mm2latent.common.fileio import emit_json_report  # noqa: E402
-from mm2latent.cli.sample import sample_generator, stratification_groups  # noqa: E402
 from mm2latent.common.palette import CLASS_NAMES  # noqa: E402
 from mm2latent.eval.generator import class_frequencies, render_split, split_attributes, to_float  # noqa: E402
 from mm2latent.eval.realism import encoder_features, frechet_distance, kernel_inception_distance  # noqa: E402
-from mm2latent.models.latent_prior import GaussianLatentPrior, encode_latents  # noqa: E402
-from mm2latent.pipeline import load_components  # noqa: E402
-from mm2latent.pipeline.core import default_weights_dir, load_optional  # noqa: E402
+from mm2latent.models.latent_prior import GaussianLatentPrior, encode_latents, stratification_groups  # noqa: E402
+from mm2latent.models.registry import default_weights_dir, load_components, load_optional  # noqa: E402
+from mm2latent.pipeline.sampling import sample_generator  # noqa: E402
 from mm2latent.world.attributes import ATTRIBUTES  # noqa: E402
 from mm2latent.world.cache import CachedWorldDataset  # noqa: E402
 
@@ -117,7 +116,7 @@ def main() -> None:
         prior = GaussianLatentPrior.fit(ws, components=k, seed=a.seed, groups=groups if strat else None)
         fit_s = time.time() - t0
         if a.save_dir:
-            from mm2latent.perception import save_module
+            from mm2latent.models.registry import save_module
 
             Path(a.save_dir).mkdir(parents=True, exist_ok=True)
             save_module(prior, Path(a.save_dir) / f"prior_k{spec}.safetensors", half=False,

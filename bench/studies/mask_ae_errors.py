@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from mm2latent.common.palette import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from mm2latent.common.fileio import write_text_atomic  # noqa: E402
-from mm2latent.eval.perception import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
-from mm2latent.perception import load_module_file  # noqa: E402
+from mm2latent.models.metrics import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
+from mm2latent.models.registry import load_module_file  # noqa: E402
 from mm2latent.train.perception import open_data, read_masks  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from mm2latent.common.palette import CLASS_NAMES, NUM_CLASSES  # noqa: E402
-from mm2latent.eval.perception import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
+from mm2latent.models.metrics import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from mm2latent.train.perception import open_data  # noqa: E402
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 
 from mm2latent.eval.generator import judge_reconstructions, reconstruct, render_split, split_attributes  # noqa: E402
 from mm2latent.models.stylegan2 import load_generator  # noqa: E402
-from mm2latent.perception import load_module, load_module_file  # noqa: E402
+from mm2latent.models.registry import load_module, load_module_file  # noqa: E402
 
 
 def main() -> None:

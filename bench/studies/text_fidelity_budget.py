@@ -33,10 +33,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from mm2latent.common.fileio import write_text_atomic  # noqa: E402
 from mm2latent.common.progress import progress  # noqa: E402
 from mm2latent.eval.generator import reconstruct  # noqa: E402
-from mm2latent.eval.perception import confusion_matrix, mean_iou  # noqa: E402
+from mm2latent.models.metrics import confusion_matrix, mean_iou  # noqa: E402
 from mm2latent.eval.pipeline import fact_accuracy, render_test  # noqa: E402
 from mm2latent.models.inversion import reconstruction_loss  # noqa: E402
-from mm2latent.pipeline.controls import resize_labels  # noqa: E402
+from mm2latent.models.controls import resize_labels  # noqa: E402
 from mm2latent.pipeline.editing import FEATURE_WEIGHT, feature_loss  # noqa: E402
 from pipeline_args import parse_with_pipeline  # noqa: E402
 

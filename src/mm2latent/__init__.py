@@ -4,7 +4,7 @@ The procedural Face World (:mod:`mm2latent.world`) supplies training data with
 exact ground truth; models live in :mod:`mm2latent.models`.
 """
 
-__version__ = "0.1.0"
+from .common.version import __version__
 
 
 def __getattr__(name):  # lazy: ``from mm2latent import Pipeline`` without importing torch at package import

@@ -97,7 +97,9 @@ def _eval_encoder(a) -> int:
 
 
 def default_encoder_path() -> Path:
-    p = Path(__file__).resolve().parents[1] / "weights" / "encoder.safetensors"
+    from ..models.registry import COMPONENT_FILES, default_weights_dir
+
+    p = default_weights_dir() / COMPONENT_FILES["encoder"]
     if not p.exists():
         raise UserError(f"no shipped encoder weights at {p}; train one with 'mm2latent train clip' or pass --weights")
     return p

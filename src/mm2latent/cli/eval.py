@@ -77,14 +77,13 @@ def register(sub) -> None:
 def _eval_generator(a) -> int:
     from ..common.fileio import check_output_file
     from ..eval.generator import evaluate_generator
-    from ..pipeline import load_components
+    from ..models.registry import COMPONENT_FILES, default_weights_dir, load_components, load_optional
+    from ..pipeline.sampling import load_prior
 
     if a.num < 20:
         raise UserError("--num must be at least 20")
     if a.out:
         check_output_file(a.out)
-    from ..cli.sample import load_prior
-    from ..pipeline.core import COMPONENT_FILES, default_weights_dir, load_optional
 
     d = Path(a.weights) if a.weights else default_weights_dir()
     comp = load_components(d, need=("generator", "controls"))
@@ -158,7 +157,7 @@ def _full_report(a) -> int:
 
     from ..common.fileio import check_writable_dir
     from ..eval.report import run_report
-    from ..perception import load_module_file
+    from ..models.registry import load_module_file
     from ..pipeline import Pipeline
 
     if a.num < 10:

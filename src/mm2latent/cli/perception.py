@@ -98,7 +98,7 @@ def _load_photo(path: str):
 def _parse(args) -> int:
     from ..common.fileio import check_output_file
     from ..common.palette import save_mask
-    from ..perception import load_module, parse_image
+    from ..models.registry import load_module, parse_image
 
     if Path(args.out).suffix.lower() != ".png":
         raise UserError(f"masks are written as PNG; got --out {args.out}")
@@ -114,8 +114,8 @@ def _calibrate_mask_ae(args) -> int:
     import torch
 
     from ..common.fileio import check_output_file
-    from ..eval.perception import eval_mask_ae
-    from ..perception import save_module
+    from ..models.metrics import eval_mask_ae
+    from ..models.registry import save_module
     from ..train.calibration import collect_logits, fit_output_bias
     from ..train.perception import load_init_weights, open_data, read_masks
 
@@ -152,7 +152,7 @@ def _calibrate_mask_ae(args) -> int:
 
 
 def _attributes(args) -> int:
-    from ..perception import analyze_image, load_module
+    from ..models.registry import analyze_image, load_module
 
     image = _load_photo(args.image)
     probs, _ = analyze_image(load_module(args.weights, "analyzer"), image)
@@ -161,7 +161,7 @@ def _attributes(args) -> int:
 
 
 def _coeffs(args) -> int:
-    from ..perception import analyze_image, load_module
+    from ..models.registry import analyze_image, load_module
 
     image = _load_photo(args.image)
     _, coeffs = analyze_image(load_module(args.weights, "analyzer"), image)
@@ -174,7 +174,7 @@ def _eval_perception(args) -> int:
 
     from ..common.fileio import check_output_file, write_text_atomic
     from ..eval.perception import REAL_PHOTOS_DIR, evaluate_perception, jsonable
-    from ..perception import NAMES, default_weights_dir, load_module
+    from ..models.registry import NAMES, default_weights_dir, load_module
     from ..world.cache import CachedWorldDataset
 
     if args.threads:

@@ -1,4 +1,6 @@
-"""``mm2latent sample``: unconditional samples from a StyleGAN2 generator, with their w."""
+"""``mm2latent sample`` (unconditional samples from a StyleGAN2 generator, with their w) and
+``mm2latent train latent-prior`` (the prior they are drawn from): argument parsing only; the
+work is :mod:`mm2latent.pipeline.sampling` and :mod:`mm2latent.train.latent_prior`."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ from pathlib import Path
 
 from ..common.errors import UserError
 from .argtypes import seed_int
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
 def register(sub) -> None:
@@ -25,63 +25,10 @@ def register(sub) -> None:
     p.set_defaults(func=_sample)
 
 
-def default_generator_path() -> Path:
-    p = WEIGHTS_DIR / "generator.safetensors"
-    if not p.exists():
-        raise UserError(f"no shipped generator weights at {p}; train one with 'mm2latent train stylegan2' "
-                        "and pass --weights RUN_DIR/generator.safetensors")
-    return p
-
-
-def prior_path_for(generator_path: Path) -> Path:
-    """Where the fitted latent prior of a generator file lives (beside it)."""
-    return Path(generator_path).with_name("latent_prior.safetensors")
-
-
-def load_prior(generator_path: Path, choice: str = "auto"):
-    """The fitted latent prior for ``choice`` 'fitted'/'auto' (None for 'normal', or 'auto' without a file)."""
-    if choice == "normal":
-        return None
-    p = prior_path_for(generator_path)
-    if not p.exists():
-        if choice == "fitted":
-            raise UserError(f"no fitted latent prior at {p}; fit one with 'mm2latent train latent-prior'")
-        return None
-    from ..perception import load_module_file
-
-    return load_module_file(p, "latent_prior")
-
-
-def sample_generator(G, num: int, seed: int, truncation: float, batch: int = 16, prior=None):
-    """Deterministic samples: z (or, with a fitted ``prior``, w) from a seeded generator,
-    constant noise. Returns (uint8 NHWC, w)."""
-    import numpy as np
-    import torch
-
-    g = torch.Generator().manual_seed(int(seed))
-    if prior is not None:
-        if prior.config.dim != G.w_dim:
-            raise UserError(f"the latent prior is {prior.config.dim}-d but the generator's w is {G.w_dim}-d")
-        w_all = prior.sample(num, g, truncation)
-    else:
-        z = torch.randn(num, G.z_dim, generator=g)
-    imgs, ws = [], []
-    with torch.no_grad():
-        for i in range(0, num, batch):
-            w = w_all[i:i + batch] if prior is not None else G.mapping(z[i:i + batch], truncation_psi=truncation)
-            x = G.synthesis(w, noise_mode="const")
-            imgs.append(x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-            ws.append(w.numpy())
-    return np.concatenate(imgs), np.concatenate(ws)
-
-
 def _sample(a) -> int:
-    import numpy as np
-
-    from ..common.fileio import atomic_path, check_output_file, check_writable_dir
-    from ..common.imageio import make_grid, save_image
-    from ..common.progress import progress
+    from ..common.fileio import check_output_file, check_writable_dir
     from ..models.stylegan2 import load_generator
+    from ..pipeline.sampling import default_generator_path, load_prior, sample_generator, write_samples
 
     if a.num <= 0:
         raise UserError("--num must be positive")
@@ -93,13 +40,7 @@ def _sample(a) -> int:
     G = load_generator(gpath).eval()
     prior = load_prior(gpath, a.prior)
     imgs, ws = sample_generator(G, a.num, a.seed, a.truncation, prior=prior)
-    for i in progress(range(a.num), desc="writing", unit="img"):
-        save_image(out / f"{i:06d}.png", imgs[i])
-    with atomic_path(out / "latents.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, ws)
-    if grid_path:
-        save_image(grid_path, make_grid(imgs, int(np.ceil(np.sqrt(a.num)))))
+    write_samples(out, imgs, ws, grid_path)
     src = "the fitted latent prior" if prior is not None else "mapping(z), z ~ N(0, I)"
     print(f"wrote {a.num} samples (w from {src}) and latents.npy (w, shape {ws.shape}) to {out}")
     return 0
@@ -127,26 +68,9 @@ def add_train_latent_prior(models) -> None:
     p.set_defaults(func=_fit_prior)
 
 
-def stratification_groups(attributes, names: list[str]):
-    """One integer label per render: the combination of the named 0/1 ``attributes`` (N, A) columns."""
-    import numpy as np
-    import torch
-
-    from ..world.attributes import ATTRIBUTES, check_attribute_names
-
-    check_attribute_names(names, "--stratify")
-    cols = np.asarray(attributes)[:, [ATTRIBUTES.index(n) for n in names]].astype(np.int64)
-    return torch.from_numpy(cols @ (1 << np.arange(len(names), dtype=np.int64)))
-
-
 def _fit_prior(a) -> int:
-    import torch
-
     from ..common.fileio import check_output_file
-    from ..models.latent_prior import GaussianLatentPrior, encode_latents
-    from ..perception import save_module
-    from ..pipeline import load_components
-    from ..world.cache import CachedWorldDataset
+    from ..train.latent_prior import fit_latent_prior
 
     if a.num <= 0 or a.components < 1:
         raise UserError("--num and --components must be positive")
@@ -154,28 +78,12 @@ def _fit_prior(a) -> int:
     if Path(out).suffix != ".safetensors":
         raise UserError(f"--out must be a .safetensors path, got {a.out}")
     if a.threads:
+        import torch
+
         torch.set_num_threads(a.threads)
-    comp = load_components(a.weights, need=("generator", "image_encoder"))
-    G, E = comp["generator"].eval(), comp["image_encoder"].eval()
-    data = CachedWorldDataset(a.data, length=a.num)
-    n = len(data)
-    if n <= G.w_dim:
-        raise UserError(f"need more than {G.w_dim} renders to fit the prior, got {n}")
-    if n < 2 * a.components:
-        raise UserError(f"--components {a.components} needs at least {2 * a.components} renders, got {n}")
     names = [s.strip() for s in a.stratify.split(",") if s.strip()]
-    groups = stratification_groups(data.attributes[:n], names) if names else None
-    combos = 0 if groups is None else len(torch.unique(groups))
-    if a.components < combos:  # checked before the slow encoding; fit() would refuse it too
-        raise UserError(f"--components {a.components} is fewer than the {combos} attribute "
-                        f"combinations of --stratify {a.stratify}")
-    ws = encode_latents(G, E, data)
-    prior = GaussianLatentPrior.fit(ws, components=a.components, seed=a.seed, groups=groups)
-    info = {"fitted": {"data": str(a.data), "num": n, "generator": comp["generator_info"],
-                       "components": prior.config.components, "stratified_by": names,
-                       "seed": a.seed, "mean_norm": float(prior.mean.norm()),
-                       "mean_log_likelihood": float(prior.log_prob(ws).mean())}}
-    save_module(prior, out, half=False, extra=info)
+    prior, n = fit_latent_prior(a.data, out, a.weights, num=a.num, components=a.components, stratify=names,
+                                seed=a.seed)
     k = prior.config.components
     what = "a Gaussian" if k == 1 else f"a mixture of {k} Gaussians" + (f" stratified by {', '.join(names)}" if names else "")
     print(f"fitted {what} over w to {n} encoded renders -> {out}")

@@ -1,4 +1,7 @@
-"""``mm2latent train stylegan2``: train (or resume) a StyleGAN2 on the Face World or a PNG folder.
+"""``mm2latent train``: the command group, and the generator trainers it holds itself --
+``train generator`` (the world generator from a recipe), ``train generator-ae`` (the shipped
+autoencoding StyleGAN2) and ``train stylegan2`` (a plain StyleGAN2 on the Face World or a PNG
+folder). The other models' ``train`` subcommands are registered by their own command modules.
 
 Multi-process: ``torchrun --nproc_per_node=K -m mm2latent.cli.main train stylegan2 ...``
 (gloo on CPU, NCCL on GPUs); ``--batch`` is the global batch.
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ..common.errors import UserError
-from .argtypes import seed_int
+from .argtypes import positive_float, positive_int, seed_int
 
 
 def _widths(text: str) -> list[int]:
@@ -29,13 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     from .encoder import add_train_clip
     from .perception import register_train_subcommands
 
-    from .mapping import add_train_subcommands
+    from .mapping import add_train_mapping
     from .invert_edit import add_train_inverter
     from .sample import add_train_latent_prior
 
     add_train_clip(models)
     register_train_subcommands(models)
-    add_train_subcommands(models)
+    add_train_generator_ae(models)
+    add_train_mapping(models)
     add_train_latent_prior(models)
     add_train_inverter(models)
     add_train_generator(models)
@@ -81,6 +85,89 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     s.set_defaults(func=run_stylegan2)
     p.set_defaults(func=_need_model)
+
+
+def add_train_generator_ae(models: argparse._SubParsersAction) -> None:
+    g = models.add_parser(
+        "generator-ae", help="train the world generator as an autoencoding StyleGAN2 (VAE-GAN; CPU-sized)",
+        description="StyleGAN2 generator trained as the decoder of a VAE-GAN with the StyleGAN2 discriminator "
+        "and a parser segmentation loss (see mm2latent.train.generator_ae). Exports RUN_DIR/generator.safetensors "
+        "(EMA) and RUN_DIR/image_encoder.safetensors at every checkpoint; --resume continues exactly.")
+    g.add_argument("--data", required=True, metavar="CACHE_DIR", help="world cache (mm2latent world cache)")
+    g.add_argument("--out", required=True, metavar="RUN_DIR")
+    g.add_argument("--minutes", type=positive_float, default=None, help="budget, counted across resumes")
+    g.add_argument("--steps", type=positive_int, default=None)
+    g.add_argument("--batch", type=positive_int, default=16)
+    g.add_argument("--lr", type=positive_float, default=0.002)
+    g.add_argument("--kl-weight", type=float, default=2.5e-4)
+    g.add_argument("--seg-weight", type=float, default=0.1)
+    g.add_argument("--attr-weight", type=float, default=0.0,
+                   help="analyzer attribute BCE on reconstructions vs the renderer's truth")
+    g.add_argument("--coeff-weight", type=float, default=0.0,
+                   help="analyzer pose/expression MSE on reconstructions vs the renderer's truth")
+    g.add_argument("--adv-weight", type=float, default=0.05)
+    g.add_argument("--adv-start", type=int, default=300, help="steps of reconstruction before adversarial terms")
+    g.add_argument("--freeze-latents", action="store_true",
+                   help="train only the synthesis network (encoder and mapping fixed, so latents derived from them "
+                   "stay valid): sharpening phase; no prior samples")
+    g.add_argument("--init", default=None, metavar="WEIGHTS_DIR",
+                   help="start from exported weights (generator.safetensors + image_encoder.safetensors in this "
+                   "directory, e.g. the shipped src/mm2latent/weights); discriminator and optimisers start fresh")
+    g.add_argument("--d-warmup", type=int, default=0,
+                   help="steps before --adv-start in which the discriminator already trains (use with --init)")
+    g.add_argument("--seg-balance", type=float, default=0.0,
+                   help="parser loss class weights freq**-P (0 = plain cross-entropy, 0.5 = inverse square root)")
+    g.add_argument("--seg-freq-weight", type=float, default=0.0,
+                   help="weight of the parser class-share term (log share of reconstructions vs masks, squared)")
+    g.add_argument("--image-share-weight", type=float, default=0.0,
+                   help="weight of the class-share term per image (each reconstruction against its own mask: "
+                   "specks of a rare class where none belongs cost)")
+    g.add_argument("--seg-class-boost", default="", metavar="CLASS=F,...",
+                   help="extra factor on the parser loss weight of named classes, e.g. ear_r=8,neck_l=4")
+    g.add_argument("--latent-attrs", default="", metavar="ATTR,...",
+                   help="world attributes a linear head must read from w (autoencoder phases), e.g. "
+                   "Wearing_Earrings,Wearing_Necklace")
+    g.add_argument("--latent-attr-weight", type=float, default=0.0, help="weight of that head's BCE")
+    g.add_argument("--w-anchor-weight", type=float, default=0.0,
+                   help="autoencoder phases from --init: keep w = mapping(mu(x)) near the --init weights' w "
+                   "(mean squared distance), so latents fitted to them stay valid")
+    g.add_argument("--sample-share-weight", type=float, default=0.0,
+                   help="with --freeze-latents: class-share term on unconditional samples (w from --latent-prior), "
+                   "which also meet the discriminator")
+    g.add_argument("--latent-prior", default=None, metavar="FILE",
+                   help="latent_prior.safetensors the samples are drawn from (default: the shipped one)")
+    g.add_argument("--prior-batch", type=positive_int, default=8, help="unconditional samples per step")
+    g.add_argument("--seg-freq-temperature", type=float, default=0.5,
+                   help="softmax temperature of the class-share term (lower = closer to the argmax that judges samples)")
+    g.add_argument("--seed", type=seed_int, default=0)
+    g.add_argument("--threads", type=positive_int, default=None)
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto (default) trains on the GPU when there is one")
+    g.add_argument("--resume", action="store_true")
+    g.set_defaults(func=_train_generator_ae)
+
+
+
+def _train_generator_ae(a) -> int:
+    from ..train.generator_ae import GeneratorAEOptions, train_generator_ae
+
+    if a.minutes is None and a.steps is None:
+        raise UserError("give a budget: --steps N and/or --minutes M")
+    train_generator_ae(GeneratorAEOptions(out=a.out, data=a.data, minutes=a.minutes, steps=a.steps, batch=a.batch,
+                                          lr=a.lr, kl_weight=a.kl_weight, seg_weight=a.seg_weight,
+                                          attr_weight=a.attr_weight, coeff_weight=a.coeff_weight,
+                                          adv_weight=a.adv_weight, adv_start=a.adv_start, seed=a.seed, threads=a.threads, resume=a.resume,
+                                          freeze_latents=a.freeze_latents, init=a.init, d_warmup=a.d_warmup,
+                                          seg_balance=a.seg_balance, device=a.device,
+                                          seg_freq_weight=a.seg_freq_weight,
+                                          seg_freq_temperature=a.seg_freq_temperature,
+                                          image_share_weight=a.image_share_weight,
+                                          seg_class_boost=a.seg_class_boost, latent_attrs=a.latent_attrs,
+                                          latent_attr_weight=a.latent_attr_weight,
+                                          w_anchor_weight=a.w_anchor_weight,
+                                          sample_share_weight=a.sample_share_weight, latent_prior=a.latent_prior,
+                                          prior_batch=a.prior_batch))
+    return 0
 
 
 def add_train_generator(models: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..pipeline.controls import resize_images, resize_labels
+from ..models.controls import resize_images, resize_labels
 
 
 @dataclass
@@ -136,7 +136,7 @@ def tune_optimisation(pipe, num: int = 16, steps: int = 100, grid: dict | None =
     import itertools
 
     from ..common.progress import progress
-    from .perception import confusion_matrix, mean_iou
+    from ..models.metrics import confusion_matrix, mean_iou
     from .pipeline import fact_accuracy, render_test
 
     if split == "test":

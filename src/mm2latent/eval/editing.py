@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from ..common.progress import progress
+from ..models.controls import resize_labels
+from ..models.metrics import confusion_matrix, mean_iou
 from ..world.attributes import ATTRIBUTES
-from ..pipeline.controls import resize_labels
-from .perception import confusion_matrix, mean_iou
 
 #: attribute -> (caption asking for it, attributes the edit legitimately changes)
 TEXT_EDITS = {

@@ -73,7 +73,7 @@ def judge_reconstructions(images: torch.Tensor, reconstructions: torch.Tensor, m
     reconstructions; also the Male share each predicts (a generator biased towards one
     gender shows here before it shows in any caption)."""
     from ..world.attributes import ATTRIBUTES
-    from .perception import balanced_accuracy, confusion_matrix, mean_iou
+    from ..models.metrics import balanced_accuracy, confusion_matrix, mean_iou
 
     truth = np.asarray(attributes) > 0.5
     true_masks = torch.from_numpy(np.asarray(masks)).long()
@@ -130,7 +130,7 @@ def evaluate_generator(G, encoder, num: int = 2000, truncation: float = 1.0, see
     comparison; with the ``image_encoder`` "reconstructed" adds the generator's
     reconstructions of other renders (what the decoder can do at best), and with
     ``parser`` and ``analyzer`` too, "reconstruction_judged" (:func:`judge_reconstructions`)."""
-    from ..cli.sample import sample_generator
+    from ..pipeline.sampling import sample_generator
 
     size = G.cfg.resolution
     gen = to_float(sample_generator(G, num, seed, truncation, prior=prior)[0])

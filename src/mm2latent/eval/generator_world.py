@@ -165,7 +165,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def load_judges(weights_dir=None) -> dict:
     """The world CLIP (features for Fréchet), parser and analyzer from a weights directory (default: shipped)."""
     from ..models.clip import load_clip
-    from ..perception import default_weights_dir, load_module
+    from ..models.registry import default_weights_dir, load_module
 
     from pathlib import Path
 

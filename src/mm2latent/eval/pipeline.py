@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from ..common.progress import progress
+from ..models.metrics import (coeff_mae_raw, confusion_matrix, edge_match_counts, fscore_from_counts, iou_per_class,
+                              mean_iou)
 from ..world.attributes import ATTRIBUTES
 from ..world.dataset import SPLIT_SEEDS, normalise_coeffs
 from ..world.params import COEFF_NAMES
-from .perception import coeff_mae_raw, confusion_matrix, edge_match_counts, fscore_from_counts, iou_per_class, mean_iou
 
 ATTR_INDEX = {a: i for i, a in enumerate(ATTRIBUTES)}
 DIVERSITY_PROMPTS = ("a smiling woman with blond hair", "a man with black hair and a beard",
@@ -142,7 +143,7 @@ def evaluate_pipeline(pipe, num: int = 200, batch: int = 25, truncation: float =
 
     c_mask = data["mask"] if data["mask"].shape[-1] == c.mask_size else torch.nn.functional.interpolate(
         data["mask"][:, None].float(), size=(c.mask_size,) * 2, mode="nearest")[:, 0].long()
-    from ..pipeline.controls import resize_sketch
+    from ..models.controls import resize_sketch
 
     in_sk = resize_sketch(data["sketch"], c.sketch_size)
     report: dict[str, Any] = {"num": n, "split": split,

@@ -32,7 +32,7 @@ import torch
 
 from ..common.fileio import write_text_atomic
 from ..common.progress import progress
-from .perception import coeff_mae_raw, confusion_matrix, edge_match_counts, fscore_from_counts, mean_iou
+from ..models.metrics import coeff_mae_raw, confusion_matrix, edge_match_counts, fscore_from_counts, mean_iou
 from .pipeline import _batched_embeddings, fact_accuracy, render_test
 from .realism import encoder_features, frechet_distance, kernel_inception_distance
 
@@ -59,7 +59,7 @@ def _not_cached(name: str) -> Callable[[], torch.Tensor]:
 
 
 def _retrieval(pipe, data, bank_size: int):
-    from ..pipeline.controls import resize_images
+    from ..models.controls import resize_images
 
     def run():
         from .generator import render_split
@@ -173,13 +173,13 @@ def run_report(pipe, out: str | Path, num: int = 200, seed: int = 0, optimisatio
         methods[f"ablation/{abl_name}/text"] = (_mm2latent(abl_pipe, data, ("text",)), ("text",))
     methods["retrieval/text+mask"] = (_retrieval(pipe, data, bank_size), ("text", "mask"))
 
-    from ..pipeline.controls import resize_labels
+    from ..models.controls import resize_labels
 
     tmask = resize_labels(data["mask"], c.mask_size)
     ref_feats = encoder_features(c.encoder, data["image"])
     rows: dict[str, dict[str, Any]] = {}
     images: dict[str, torch.Tensor] = {}
-    from ..pipeline.controls import resize_sketch
+    from ..models.controls import resize_sketch
 
     for name, (fn, use) in progress(list(methods.items()), desc="methods", unit="method"):
         x, sec = _cached(cache, name, fn)

@@ -220,7 +220,7 @@ def encode_latents(G, encoder, images, batch: int = 200, progress_desc: str | No
     import numpy as np
 
     from ..common.progress import progress
-    from ..pipeline.controls import resize_images
+    from .controls import resize_images
 
     n = len(images)
     out = []
@@ -229,3 +229,15 @@ def encode_latents(G, encoder, images, batch: int = 200, progress_desc: str | No
         x = images[i:i + batch] if isinstance(images, torch.Tensor) else images.batch(idx)["image"]
         out.append(G.mapping(encoder(resize_images(x, encoder.config.size))[0]))
     return torch.cat(out)
+
+
+def stratification_groups(attributes, names: list[str], what: str = "--stratify") -> torch.Tensor:
+    """One integer label per render (for :meth:`GaussianLatentPrior.fit`'s ``groups``): the
+    combination of the named 0/1 ``attributes`` (N, A) columns; ``what`` names the option in errors."""
+    import numpy as np
+
+    from ..world.attributes import ATTRIBUTES, check_attribute_names
+
+    check_attribute_names(names, what)
+    cols = np.asarray(attributes)[:, [ATTRIBUTES.index(n) for n in names]].astype(np.int64)
+    return torch.from_numpy(cols @ (1 << np.arange(len(names), dtype=np.int64)))

@@ -17,14 +17,14 @@ they start within the first thousand. H and W must be divisible by ``2 ** depth`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..common.errors import UserError
 from ..common.palette import NUM_CLASSES
+from .config import config_from_dict
 
 KIND = "parser"
 
@@ -36,22 +36,6 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class DoubleConv(nn.Sequential):
     def __init__(self, cin: int, cout: int):
         super().__init__(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
-
-
-def config_from_dict(cls, d: dict, legacy: bool = False):
-    """Build a config dataclass from a dict, refusing unknown keys (clear error).
-
-    With ``legacy`` (a config read from a file), keys missing from ``d`` take
-    the class's ``LEGACY_DEFAULTS`` (what files written before the option
-    existed were built with) before the dataclass defaults.
-    """
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise UserError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
-    kw = {k: v for k, v in getattr(cls, "LEGACY_DEFAULTS", {}).items() if k not in d} if legacy else {}
-    kw.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
-    return cls(**kw)
 
 
 @dataclass

@@ -1,7 +1,14 @@
-"""Generation pipeline: controls -> MappingNet -> w -> StyleGAN2 face."""
+"""Generation pipeline: controls -> MappingNet -> w -> StyleGAN2 face.
 
-from .controls import ControlEncoders
-from .core import Pipeline, default_weights_dir, load_components, prepare_coeffs, prepare_mask, prepare_sketch
+``core`` generates (:class:`~.core.GenerationPipeline`); ``editing`` builds the
+user-facing :class:`~.editing.Pipeline` on it (inversion and editing); ``sampling``
+draws unconditional samples. Model loading is :mod:`mm2latent.models.registry`.
+"""
 
-__all__ = ["ControlEncoders", "Pipeline", "default_weights_dir", "load_components", "prepare_coeffs",
-           "prepare_mask", "prepare_sketch"]
+from ..models.controls import ControlEncoders
+from ..models.registry import default_weights_dir, load_components
+from .core import GenerationPipeline, prepare_coeffs, prepare_mask, prepare_sketch
+from .editing import Pipeline
+
+__all__ = ["ControlEncoders", "GenerationPipeline", "Pipeline", "default_weights_dir", "load_components",
+           "prepare_coeffs", "prepare_mask", "prepare_sketch"]

@@ -1,7 +1,12 @@
 """The generation pipeline: text + mask + sketch + coefficients -> w -> face, in one pass.
 
+:class:`GenerationPipeline` is the core; :class:`mm2latent.pipeline.editing.Pipeline`
+(exported as ``mm2latent.Pipeline``) adds inversion and editing on top of it, so
+this module never imports the editing one.
+
 A weights directory (default: the package's shipped ``mm2latent/weights``)
-holds one safetensors + JSON pair per model:
+holds one safetensors + JSON pair per model; what it holds and how it loads is
+:mod:`mm2latent.models.registry`:
 
     generator      StyleGAN2 generator (kind stylegan2-generator)
     encoder        FaRL/CLIP-style text + image encoder (kind clip)
@@ -49,72 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import UserError
-from .controls import ControlEncoders
-from .editing import EditingMixin
-
-COMPONENT_FILES = {
-    "generator": "generator.safetensors",
-    "encoder": "encoder.safetensors",
-    "parser": "parser.safetensors",
-    "analyzer": "analyzer.safetensors",
-    "mask_ae": "mask_ae.safetensors",
-    "sketch_ae": "sketch_ae.safetensors",
-    "coeff_ae": "coeff_ae.safetensors",
-    "mapping_net": "mapping_net.safetensors",
-    "image_encoder": "image_encoder.safetensors",
-    "latent_prior": "latent_prior.safetensors",
-    "wplus_inverter": "wplus_inverter.safetensors",
-}
-CONTROL_PARTS = ("encoder", "parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
-
-
-def default_weights_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "weights"
-
-
-def _file(d: Path, name: str) -> Path:
-    f = d / COMPONENT_FILES[name]
-    if not f.exists():
-        raise UserError(f"no {name} weights in {d} (expected {f.name} and {f.with_suffix('.json').name})")
-    return f
-
-
-def load_components(weights: str | os.PathLike | None = None,
-                    need: Sequence[str] = ("generator", "controls", "mapping_net")) -> dict[str, Any]:
-    """Load models from a weights directory. ``need`` names components;
-    ``"controls"`` means the encoder and the perception stack as a :class:`ControlEncoders`."""
-    from ..models.clip import load_clip
-    from ..models.stylegan2 import load_generator
-    from ..perception import load_module_file
-
-    d = Path(weights) if weights is not None else default_weights_dir()
-    if not d.is_dir():
-        raise UserError(f"weights directory {d} does not exist" if not d.exists() else f"{d} is not a directory")
-    out: dict[str, Any] = {}
-    for name in need:
-        if name == "controls":
-            parts = {p: (load_clip(_file(d, p)) if p == "encoder" else load_module_file(_file(d, p), p))
-                     for p in CONTROL_PARTS}
-            out["controls"] = ControlEncoders(**parts)
-        elif name == "generator":
-            f = _file(d, "generator")
-            out["generator"] = load_generator(f)
-            out["generator_info"] = json.loads(f.with_suffix(".json").read_text()).get("training", {})
-        elif name in ("mapping_net", "image_encoder", "latent_prior", "wplus_inverter"):
-            f = _file(d, name)
-            out[name] = load_module_file(f, name)
-            out[name + "_info"] = json.loads(f.with_suffix(".json").read_text())
-        else:
-            raise ValueError(f"unknown component {name!r}")
-    return out
-
-
-def load_optional(weights: str | os.PathLike, name: str) -> Any:
-    """Component ``name`` from a weights directory, or None when the directory has none
-    (image_encoder, wplus_inverter and latent_prior are optional)."""
-    d = Path(weights)
-    return load_components(d, need=(name,))[name] if (d / COMPONENT_FILES[name]).exists() else None
-
+from ..models.controls import ControlEncoders
+from ..models.registry import default_weights_dir, load_components, load_optional
 
 # ---------------------------------------------------------------------------- user inputs
 
@@ -149,7 +90,7 @@ def prepare_sketch(sketch: Any, size: int) -> torch.Tensor:
     from PIL import Image
 
     from ..common.imageio import load_image
-    from ..perception import sketch_from_image
+    from ..models.registry import sketch_from_image
 
     if isinstance(sketch, (str, os.PathLike)):
         a = load_image(sketch)
@@ -226,8 +167,9 @@ def check_text(text: Any) -> str:
 # ---------------------------------------------------------------------------- pipeline
 
 
-class Pipeline(EditingMixin):
-    """Multimodal face generation with MappingNet (see module docstring); editing in :mod:`.editing`."""
+class GenerationPipeline:
+    """Multimodal face generation with MappingNet (see module docstring). The user-facing
+    :class:`~mm2latent.pipeline.editing.Pipeline` adds inversion and editing."""
 
     def __init__(self, generator, controls: ControlEncoders, mapping_net, image_encoder=None,
                  text_noise_std: float = 0.0, info: dict | None = None, latent_prior=None, wplus_inverter=None,
@@ -251,7 +193,7 @@ class Pipeline(EditingMixin):
         self.info = info or {}
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None) -> "Pipeline":
+    def from_pretrained(cls, path: str | os.PathLike | None = None) -> "GenerationPipeline":
         comp = load_components(path)
         d = Path(path) if path is not None else default_weights_dir()
         optional = {name: load_optional(d, name) for name in ("image_encoder", "latent_prior", "wplus_inverter")}
@@ -376,14 +318,14 @@ class Pipeline(EditingMixin):
     # -- reading photos -------------------------------------------------------
     def parse(self, image) -> np.ndarray:
         from ..common.imageio import load_image
-        from ..perception import parse_image
+        from ..models.registry import parse_image
 
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
         return parse_image(self.controls.parser, img)
 
     def attributes(self, image) -> dict[str, float]:
         from ..common.imageio import load_image
-        from ..perception import analyze_image
+        from ..models.registry import analyze_image
 
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
         return analyze_image(self.controls.analyzer, img)[0]

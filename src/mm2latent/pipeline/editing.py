@@ -1,5 +1,9 @@
 """Real-image editing: invert a photo into W+, then re-map it with changed controls.
 
+:class:`Pipeline` (``mm2latent.Pipeline``) is the generation core
+(:class:`~mm2latent.pipeline.core.GenerationPipeline`) plus the methods here;
+this module depends on the core, never the reverse.
+
 Inversion, in one pass: the e4e-style W+ inverter (``wplus_inverter``: w plus
 small per-layer offsets, :class:`~mm2latent.models.inversion.WPlusInverter`)
 when the weights have one, else the generator-AE's image encoder
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..models.inversion import reconstruction_loss
+from .core import GenerationPipeline, check_text, prepare_coeffs, prepare_mask, prepare_sketch, to_pil
 
 EDIT_MODES = ("delta", "blend")
 FEATURE_WEIGHT = 0.1  # refinement: weight of the image-embedding (feature) loss next to pixel L1 + L2
@@ -104,8 +109,10 @@ def align_photo(image: Any, size: int) -> tuple[torch.Tensor, str]:
     return image_to_tensor(resize_image(arr, size))[None], note
 
 
-class EditingMixin:
-    """Inversion and editing on top of :class:`~mm2latent.pipeline.core.Pipeline`."""
+class Pipeline(GenerationPipeline):
+    """Multimodal face generation (:class:`~mm2latent.pipeline.core.GenerationPipeline`: ``generate``,
+    ``generate_batch``, ``parse``, ``attributes``) plus real-image inversion and editing
+    (``invert``, ``edit``, ``reconstruct``); see the module docstrings. Load with :meth:`from_pretrained`."""
 
     def _need_inverter(self, inverter: str = "auto"):
         """(module, "wplus" | "w") for ``inverter`` in auto / wplus / w."""
@@ -181,8 +188,6 @@ class EditingMixin:
         return synthesis.eval().requires_grad_(False)
 
     def reconstruct(self, image: Any, refine_steps: int = 0, inverter: str = "auto", tune_steps: int = 0):
-        from .core import to_pil
-
         return to_pil(self.invert(image, refine_steps, inverter=inverter, tune_steps=tune_steps).reconstruction)[0]
 
     @torch.no_grad()
@@ -193,8 +198,6 @@ class EditingMixin:
     @torch.no_grad()
     def edit_latent(self, inv: Inversion, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,
                     mode: str = "delta", controls: dict | None = None) -> torch.Tensor:
-        from .core import check_text, prepare_coeffs, prepare_mask, prepare_sketch
-
         if mode not in EDIT_MODES:
             raise UserError(f"edit mode must be one of {', '.join(EDIT_MODES)}")
         if not (np.isfinite(strength) and 0.0 <= strength <= 2.0):
@@ -228,8 +231,6 @@ class EditingMixin:
              mode: str = "delta", refine_steps: int = 0, inverter: str = "auto", tune_steps: int = 0):
         """Edited photo (PIL). ``image`` may also be an :class:`Inversion` from :meth:`invert`
         (drawn with its pivot-tuned generator when it has one)."""
-        from .core import to_pil
-
         inv = image if isinstance(image, Inversion) else self.invert(image, refine_steps, inverter=inverter,
                                                                      tune_steps=tune_steps)
         ws = self.edit_latent(inv, text, mask, sketch, coeffs, strength, mode)

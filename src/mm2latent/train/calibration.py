@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..common.palette import NUM_CLASSES
 from ..common.progress import progress
-from ..eval.perception import confusion_matrix, mean_iou
+from ..models.metrics import confusion_matrix, mean_iou
 
 
 @dataclass

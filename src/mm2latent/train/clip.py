@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -108,6 +106,8 @@ class CLIPTrainer:
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
                                       {"params": no_decay, "weight_decay": 0.0}], lr=opts.lr, betas=(0.9, 0.98), eps=1e-6)
         self.step = 0
+        self.elapsed = 0.0  # this invocation's training seconds (``minutes`` is per invocation)
+        self.images_per_step = opts.batch
         self.rng = np.random.default_rng(opts.seed)
         self.tokens, self.lengths = self._tokenize_all()
         if opts.hard_negatives or self.attr_head is not None:
@@ -183,6 +183,9 @@ class CLIPTrainer:
         self.step += 1
         return out
 
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{stats['loss']:.3f}", "acc": f"{stats['acc']:.2f}"}
+
     # -- state ----------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = st.module_tensors("model", self.model)
@@ -192,7 +195,7 @@ class CLIPTrainer:
         tensors.update(ot)
         tensors.update({f"rng.{k}": v for k, v in st.rng_state_tensors().items()})
         rng_state = self.rng.bit_generator.state
-        meta = {"options": asdict(self.o), "optimizer": ometa, "data_rng": json.loads(json.dumps(rng_state, default=int)),
+        meta = {"options": asdict(self.o), "optim": ometa, "data_rng": json.loads(json.dumps(rng_state, default=int)),
                 "model_config": self.model.config.to_dict()}
         return tensors, meta
 
@@ -200,7 +203,7 @@ class CLIPTrainer:
         st.load_module_tensors("model", self.model, tensors)
         if self.attr_head is not None:
             st.load_module_tensors("attr_head", self.attr_head, tensors)
-        st.unflatten_optimizer(self.opt, "opt", tensors, meta["optimizer"])
+        st.unflatten_optimizer(self.opt, "opt", tensors, meta["optim"])
         st.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
         self.rng.bit_generator.state = meta["data_rng"]
         self.step = int(meta["step"])
@@ -292,34 +295,9 @@ def train_clip(opts: CLIPTrainOptions, resume: bool = False, export: str | None 
                 raise UserError(f"--resume with different training options than {stem}: {saved} vs {mine}")
             tr.load_state(tensors, meta)
             print(f"resumed from {stem.name} at step {tr.step}")
-    stop = {"flag": False}
-
-    def on_signal(signum, frame):
-        stop["flag"] = True
-
-    old = signal.signal(signal.SIGTERM, on_signal)
-    t0 = time.time()
-    log = open(run / "log.jsonl", "a")
-    bar = progress(total=opts.steps, initial=tr.step, desc="clip", unit="step")
-    try:
-        while tr.step < min(opts.steps, stop_at or opts.steps) and not stop["flag"]:
-            t = time.time()
-            stats = tr.train_step()
-            stats["img_per_s"] = opts.batch / (time.time() - t)
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['acc']:.2f}", ips=f"{stats['img_per_s']:.0f}")
-            if tr.step % 20 == 0 or tr.step == 1:
-                log.write(json.dumps({"step": tr.step, **stats}) + "\n")
-                log.flush()
-            if tr.step % opts.ckpt_every == 0:
-                st.write_checkpoint(run, tr.step, *tr.state(), kind=TRAIN_KIND)
-            if opts.minutes is not None and time.time() - t0 > opts.minutes * 60:
-                break
-    finally:
-        bar.close()
-        log.close()
-        signal.signal(signal.SIGTERM, old)
-    st.write_checkpoint(run, tr.step, *tr.state(), kind=TRAIN_KIND)
+    loop = st.LoopOptions(steps=min(opts.steps, stop_at or opts.steps), minutes=opts.minutes,
+                          ckpt_every=opts.ckpt_every)
+    st.run_loop(tr, loop, run, TRAIN_KIND, desc="clip", count_checkpoint_time=True)
     if export and tr.step >= opts.steps:
         tr.model.eval()
         save_clip(tr.model, export, meta={"trained_steps": tr.step, "batch": opts.batch, "data": str(opts.data)},

@@ -226,7 +226,7 @@ def boost_factors(spec: str) -> dict[int, float]:
 
 def frozen_judge(name: str, path: str | None) -> torch.nn.Module:
     """A perception model used as a fixed loss: the shipped one (``path`` None) or a file."""
-    from ..perception import load_module, load_module_file
+    from ..models.registry import load_module, load_module_file
 
     model = load_module(None, name) if path is None else load_module_file(path, name)
     return model.eval().requires_grad_(False)
@@ -361,7 +361,7 @@ class GeneratorAETrainer:
         #: sample-share term: the training masks' class shares (target) and the samples' running shares
         self.mask_shares = self.sample_shares = None
         if opts.sample_share_weight > 0:
-            from ..perception import default_weights_dir, load_module_file
+            from ..models.registry import default_weights_dir, load_module_file
 
             path = opts.latent_prior or default_weights_dir() / "latent_prior.safetensors"
             self.latent_prior = load_module_file(path, "latent_prior").requires_grad_(False)
@@ -589,7 +589,7 @@ def load_init(trainer: GeneratorAETrainer, weights_dir: str) -> dict[str, Any]:
     """Generator (into G and G_ema) and image encoder (into E and E_ema) from exported files; returns
     the generator's "training" record (``{}`` when it has none), the history this run continues."""
     from ..models.stylegan2 import read_generator
-    from ..perception import load_module_file
+    from ..models.registry import load_module_file
 
     d = Path(weights_dir)
     files = {"generator": d / "generator.safetensors", "image encoder": d / "image_encoder.safetensors"}
@@ -723,7 +723,7 @@ def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
 
 
 def export(trainer: GeneratorAETrainer, run_dir: Path) -> None:
-    from ..perception import save_module
+    from ..models.registry import save_module
 
     info = {"training": training_record(trainer)}
     save_generator(run_dir / "generator", trainer.G_ema, dtype=torch.float16, extra=info)

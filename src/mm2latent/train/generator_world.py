@@ -392,7 +392,7 @@ def generator_from_checkpoint(tensors: dict[str, torch.Tensor], recipe: Generato
 
 def export(trainer: WorldGeneratorTrainer, out_dir: Path) -> None:
     """Write the inference weights: generator (G_ema, world-code mapping) and the code encoder."""
-    from ..perception import save_module
+    from ..models.registry import save_module
 
     r = trainer.recipe
     record = {"method": "StyleGAN2 conditioned on the world code (supervised, then adversarial)",
@@ -426,22 +426,13 @@ def train_world_generator(recipe: GeneratorRecipe, run: RunOptions,
     if found:
         trainer.load_state(found[1], found[2], str(found[0]))
     steps = min(run.steps or trainer.recipe.total_steps, trainer.recipe.total_steps)
-    loop_opts = _LoopOptions(steps=steps, minutes=_minutes_left(run, trainer), sample_every=run.sample_every,
-                             ckpt_minutes=run.ckpt_minutes, ckpt_every=run.ckpt_every)
+    loop_opts = ckpt.LoopOptions(steps=steps, minutes=_minutes_left(run, trainer), sample_every=run.sample_every,
+                                 ckpt_minutes=run.ckpt_minutes, ckpt_every=run.ckpt_every)
     ckpt.run_loop(trainer, loop_opts, run_dir, TRAIN_KIND, export=lambda *_: None,
                   desc=f"world generator ({trainer.stage})")
     if trainer.stage == "done":
         export(trainer, run_dir / "export")
     return trainer
-
-
-@dataclass
-class _LoopOptions:
-    steps: int
-    minutes: float | None
-    sample_every: int
-    ckpt_minutes: float
-    ckpt_every: int
 
 
 def _minutes_left(run: RunOptions, trainer: WorldGeneratorTrainer) -> float | None:

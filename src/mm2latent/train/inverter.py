@@ -97,7 +97,7 @@ class InverterOptions(ckpt.OptionsDict):
 
 class InverterTrainer:
     def __init__(self, opts: InverterOptions, data=None, generator=None, image_encoder=None):
-        from ..pipeline.core import default_weights_dir, load_components
+        from ..models.registry import default_weights_dir, load_components
         from ..world.cache import CachedWorldDataset
 
         opts.validate()
@@ -226,7 +226,7 @@ class InverterTrainer:
 def load_init(path: str, G, image_encoder=None) -> WPlusInverter:
     """An exported inverter to fine-tune; it must predict codes for this generator. With
     ``image_encoder``, its base code is reset to ``G.mapping(image_encoder(x)[0])``."""
-    from ..perception import load_module_file
+    from ..models.registry import load_module_file
 
     if not Path(path).exists():
         raise UserError(f"--init {path}: no such file")
@@ -245,7 +245,7 @@ def load_init(path: str, G, image_encoder=None) -> WPlusInverter:
 
 
 def export(trainer: InverterTrainer, run_dir: Path) -> None:
-    from ..perception import save_module
+    from ..models.registry import save_module
 
     o = trainer.opts
     info = {"training": {"method": "e4e-style W+ encoder (offsets from w), generator frozen", "step": trainer.step,

@@ -13,15 +13,14 @@ the sample's attribute probabilities (``attr_weight``), both read off G(w) by
 the same judges when the data was made.
 
 The last ``val_fraction`` of the data is held out; its w loss with all
-modalities and with text only is logged at each checkpoint. Checkpoints go
-through :mod:`mm2latent.train.state`; ``resume`` continues exactly.
+modalities and with text only is logged at each checkpoint. The loop and the
+checkpoints are :func:`mm2latent.train.state.run_loop`'s; ``resume`` continues exactly.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,6 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
-from ..common.progress import progress
 from ..models.mapping import MODALITIES, MappingNet, MappingNetConfig, w_loss
 from . import state as ckpt
 from .mapping_data import load_mapping_data
@@ -125,20 +123,19 @@ class MappingTrainer:
         num_ws = 1
         self.G = self.parser = self.analyzer = None
         if opts.seg_weight > 0 or opts.attr_weight > 0 or opts.wplus:
-            from ..pipeline import load_components
+            from ..models.registry import load_components
 
             comp = load_components(opts.weights, need=("generator",))
             self.G = comp["generator"].requires_grad_(False)
             num_ws = self.G.num_ws if opts.wplus else 1
         if opts.seg_weight > 0 or opts.attr_weight > 0:
-            from ..perception import load_module_file
-            from ..pipeline.core import _file, default_weights_dir
+            from ..models.registry import component_file, default_weights_dir, load_module_file
 
             wd = Path(opts.weights) if opts.weights else default_weights_dir()
             if opts.seg_weight > 0:
-                self.parser = load_module_file(_file(wd, "parser"), "parser").requires_grad_(False)
+                self.parser = load_module_file(component_file(wd, "parser"), "parser").requires_grad_(False)
             if opts.attr_weight > 0:
-                self.analyzer = load_module_file(_file(wd, "analyzer"), "analyzer").requires_grad_(False)
+                self.analyzer = load_module_file(component_file(wd, "analyzer"), "analyzer").requires_grad_(False)
         dims = {m: self.t[EMB_KEYS[m]].shape[1] for m in opts.modalities}
         self.net = MappingNet(MappingNetConfig(dims=dims, w_dim=w.shape[1], num_ws=num_ws, hidden=opts.hidden,
                                                layers=opts.layers, dropout=opts.dropout))
@@ -152,13 +149,15 @@ class MappingTrainer:
         self.step = 0
         self.elapsed = 0.0
         self.stats: dict[str, float] = {}
+        self.last_val: dict[str, float] = {}
+        self._synced_at: int | None = None  # the step whose BatchNorm statistics were last averaged
 
     def _load_init(self, path: str) -> None:
         """Weights (and w statistics) of an exported MappingNet of the same shape; a W net
         also starts a W+ run (``--wplus``): its output layer is repeated once per generator
         layer, so the W+ net begins by predicting the W net's w at every layer and the
         image-space terms can then move layers apart."""
-        from ..perception import load_module_file
+        from ..models.registry import load_module_file
 
         src = load_module_file(path, "mapping_net")
         mine, theirs = self.net.config.to_dict(), src.config.to_dict()
@@ -223,7 +222,7 @@ class MappingTrainer:
 
     def image_space_loss(self, pred: torch.Tensor, idx: torch.Tensor, stats: dict) -> torch.Tensor:
         """The judges' losses on G(w_pred) for the first ``seg_batch`` samples (one generator pass)."""
-        from ..pipeline.controls import resize_images
+        from ..models.controls import resize_images
 
         o = self.opts
         k = min(o.seg_batch, len(idx))
@@ -256,8 +255,13 @@ class MappingTrainer:
             out[f"val_{name}_cos"] = round(s["cos"], 5)
         return out
 
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{stats['loss']:.4f}"}
+
     def sync_buffers(self) -> None:
-        if self.env.world_size > 1:
+        """Average BatchNorm statistics over the ranks (collective; once per step)."""
+        if self.env.world_size > 1 and self._synced_at != self.step:
+            self._synced_at = self.step
             import torch.distributed as dist
 
             for b in self.net.buffers():
@@ -283,7 +287,7 @@ class MappingTrainer:
 
 
 def export(tr: MappingTrainer, path: Path, val: dict | None = None) -> None:
-    from ..perception import save_module
+    from ..models.registry import save_module
 
     data_meta = {}
     mp = Path(tr.opts.data) / "meta.json"
@@ -331,45 +335,18 @@ def _train_mapping(opts, data, export_to, env) -> MappingTrainer:
     if env.is_main:
         write_text_atomic(run / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
 
-    def save(final: bool = False) -> dict:
-        tensors, meta = tr.state()  # collective (BatchNorm statistics)
-        if not env.is_main:
-            return {}
-        val = tr.validate()
-        ckpt.write_checkpoint(run, tr.step, tensors, meta, TRAIN_KIND)
-        with open(run / "log.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": tr.step, **tr.stats, **val}) + "\n")
-        return val
+    def validate(trainer: MappingTrainer, why: str) -> None:  # before each checkpoint, on every rank
+        trainer.sync_buffers()  # collective
+        if env.is_main:
+            trainer.last_val = trainer.validate()
+            with open(run / "log.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": trainer.step, **trainer.stats, **trainer.last_val}) + "\n")
 
-    bar = progress(total=opts.steps, initial=tr.step, desc="mapping-net", unit="step",
-                   disable=None if env.is_main else True)
-    t_last = t_ckpt = time.monotonic()
-
-    def agreed(flag: bool) -> bool:  # every rank acts on the same step
-        if env.world_size == 1:
-            return flag
-        import torch.distributed as dist
-
-        t = torch.tensor([float(flag)])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    try:
-        while not agreed(bool((opts.steps and tr.step >= opts.steps) or
-                              (opts.minutes and tr.elapsed >= opts.minutes * 60))):
-            s = tr.train_step()
-            now = time.monotonic()
-            tr.elapsed += now - t_last
-            t_last = now
-            bar.update(1)
-            bar.set_postfix(loss=f"{s['loss']:.4f}", refresh=False)
-            if agreed(now - t_ckpt >= opts.ckpt_minutes * 60):
-                save()
-                t_ckpt = t_last = time.monotonic()
-    finally:
-        bar.close()
-    val = save(final=True)
-    if env.is_main:
-        export(tr, Path(export_to) if export_to else run / "mapping_net.safetensors", val)
-        print(json.dumps({"step": tr.step, **val}), file=sys.stderr)
+    loop = ckpt.LoopOptions(steps=opts.steps, minutes=opts.minutes, ckpt_minutes=opts.ckpt_minutes, log_every=0)
+    finished = ckpt.run_loop(tr, loop, run, TRAIN_KIND, desc="mapping-net", on_checkpoint=validate)
+    if env.is_main and finished:
+        export(tr, Path(export_to) if export_to else run / "mapping_net.safetensors", tr.last_val)
+        print(json.dumps({"step": tr.step, **tr.last_val}), file=sys.stderr)
+    elif env.is_main:
+        print(f"stopped at step {tr.step}; checkpoint written, continue with --resume", file=sys.stderr)
     return tr

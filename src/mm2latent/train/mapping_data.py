@@ -3,7 +3,7 @@
 For sample i: z_i from a generator keyed by (seed, i), w_i = G.mapping(z_i, psi),
 x_i = G.synthesis(w_i) with constant noise; then the perception stack reads
 x_i's controls and the encoders embed them
-(:class:`~mm2latent.pipeline.controls.ControlEncoders`).
+(:class:`~mm2latent.models.controls.ControlEncoders`).
 
 Where z comes from (``source``):
 
@@ -99,7 +99,7 @@ def posterior_z(encoder, renders, seed: int, start: int, stop: int) -> torch.Ten
 def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None = None, seed: int = 0,
                           truncation: float = 1.0, chunk: int = 256, shard: tuple[int, int] = (0, 1),
                           batch: int = 32, source: str = "prior", renders: str | None = None) -> Path:
-    from ..pipeline import load_components
+    from ..models.registry import load_components
 
     if num < 1 or chunk < 1:
         raise UserError("--num and --chunk must be positive")
@@ -188,8 +188,8 @@ def reembed_mapping_data(data: str | os.PathLike, out: str | os.PathLike, encode
     default is the shipped one, which must be the generator the data was made with), and the
     new image tower embeds those images. ``data`` is never modified; chunks are written
     atomically and skipped when present, so an interrupted run resumes."""
-    from ..perception import load_module_file
-    from ..pipeline.controls import resize_labels, resize_sketch
+    from ..models.controls import resize_labels, resize_sketch
+    from ..models.registry import component_file, default_weights_dir, load_module_file
 
     data, out = Path(data), Path(out)
     if not encoders:
@@ -209,7 +209,7 @@ def reembed_mapping_data(data: str | os.PathLike, out: str | os.PathLike, encode
         from ..models.clip import load_clip
         from ..models.stylegan2 import load_generator
 
-        gen_path = generator or Path(__file__).resolve().parents[1] / "weights" / "generator.safetensors"
+        gen_path = generator or component_file(default_weights_dir(), "generator")
         image_models = (load_generator(gen_path).eval(), load_clip(encoders["image"]).eval())
     out.mkdir(parents=True, exist_ok=True)
     new_meta = {**meta, "reembedded": {**meta.get("reembedded", {}), **{c: str(p) for c, p in encoders.items()}},

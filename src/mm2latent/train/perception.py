@@ -1,6 +1,7 @@
 """Trainers for the perception stack: parser, analyzer, mask/sketch/coeff AEs.
 
-One loop for all five tasks (:func:`train_perception`); a :class:`Task`
+One trainer for all five tasks (:class:`PerceptionTrainer`, run by the shared
+:func:`mm2latent.train.state.run_loop` from :func:`train_perception`); a :class:`Task`
 supplies the model, the loss (with its augmentation) and a quick validation.
 
 * Data: a world cache directory (:class:`~mm2latent.world.cache.CachedWorldDataset`,
@@ -10,13 +11,14 @@ supplies the model, the loss (with its augmentation) and a quick validation.
   given, otherwise on ``elapsed / minutes`` (the time budget).
 * Budget: ``minutes`` is the run's total wall-clock budget, counted across
   resumed sessions; ``steps`` the total number of steps. Whichever ends first.
-* Checkpoints: ``RUN_DIR/checkpoints/step-NNNNNNNN.{safetensors,json}``,
-  written atomically every ``ckpt_minutes`` and at the end; the last two are
+* Checkpoints: ``RUN_DIR/checkpoints/ckpt-NNNNNNNNN.{safetensors,json}``
+  (:mod:`mm2latent.train.state`), written atomically every ``ckpt_minutes`` and at
+  the end (also on SIGTERM / Ctrl-C, after the current step); the last two are
   kept. They hold the model, the Adam state flattened into tensors, the data
   order position and the counters; augmentation randomness is keyed by
   ``(seed, step)``, so a resumed run continues exactly as an uninterrupted one.
 * Export: at the end the model is written in float16 to ``export`` (default
-  ``RUN_DIR/<task>.safetensors``) in the format :mod:`mm2latent.perception` loads.
+  ``RUN_DIR/<task>.safetensors``) in the format :mod:`mm2latent.models.registry` loads.
 * Logs: ``RUN_DIR/log.jsonl`` (loss, lr, img/s, validation metrics).
 """
 
@@ -26,7 +28,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..common.checkpoint import load_checkpoint, save_checkpoint
+from ..common.checkpoint import load_checkpoint
 from ..common.errors import UserError
 from ..common.fileio import check_output_file, check_writable_dir
 from ..common.palette import NUM_CLASSES
-from ..common.progress import progress
-from .state import remove_torn_writes
 from ..common.seeding import numpy_rng
 from ..models.autoencoders import augment_mask_pair, augment_sketch_pair, random_affine, warp, warp_labels
-from ..perception import build_model, save_module
+from ..models.registry import build_model, save_module
+from . import state as st
 
 TASKS: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
 #: tasks whose encoder can be frozen, and the config fields that only shape their decoder
@@ -397,7 +397,7 @@ class ParserTask(Task):
         return ce + self.dice_weight * dice, {"ce": ce.item(), "dice": dice.item()}
 
     def validate(self, model, val):
-        from ..eval.perception import eval_parser
+        from ..models.metrics import eval_parser
 
         r = eval_parser(model, val, limit=self.opts.val_limit)
         return {"miou": r["miou"], "pixel_accuracy": r["pixel_accuracy"]}
@@ -449,7 +449,7 @@ class AnalyzerTask(Task):
         return loss, logs
 
     def validate(self, model, val):
-        from ..eval.perception import eval_analyzer
+        from ..models.metrics import eval_analyzer
 
         r = eval_analyzer(model, val, limit=self.opts.val_limit)
         mae = r["coeffs"]["mae"]
@@ -477,7 +477,7 @@ class MaskAETask(ParserTask):
         return loss, logs
 
     def validate(self, model, val):
-        from ..eval.perception import eval_mask_ae
+        from ..models.metrics import eval_mask_ae
 
         r = eval_mask_ae(model, val, limit=self.opts.val_limit)
         return {"miou": r["miou"], **{f"miou_{k}": v for k, v in r["perturbed_miou"].items()}}
@@ -499,7 +499,7 @@ class SketchAETask(Task):
         return bce + dice, {"bce": bce.item(), "dice": dice.item()}
 
     def validate(self, model, val):
-        from ..eval.perception import eval_sketch_ae
+        from ..models.metrics import eval_sketch_ae
 
         r = eval_sketch_ae(model, val, limit=self.opts.val_limit)
         return {"fscore": r["fscore"], "fscore_rough": r["rough"]["fscore"]}
@@ -518,7 +518,7 @@ class CoeffAETask(Task):
         return l1, {"l1": l1.item()}
 
     def validate(self, model, val):
-        from ..eval.perception import eval_coeff_ae
+        from ..models.metrics import eval_coeff_ae
 
         r = eval_coeff_ae(model, val, limit=self.opts.val_limit)
         return {"yaw_mae_deg": r["mae"]["yaw"], "mean_mae_shape": float(np.mean([r["mae"][k] for k in list(r["mae"])[3:]]))}
@@ -527,38 +527,7 @@ class CoeffAETask(Task):
 TASK_CLASSES = {t.name: t for t in (ParserTask, AnalyzerTask, MaskAETask, SketchAETask, CoeffAETask)}
 
 
-# --------------------------------------------------------------------------- optimizer state <-> tensors
-
-
-def flatten_optimizer(opt: torch.optim.Optimizer, prefix: str = "opt") -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as named tensors plus JSON-able metadata (no pickle)."""
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{prefix}.{idx}.{k}"] = v
-            else:
-                scalars.setdefault(str(idx), {})[k] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "opt") -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, v in tensors.items():
-        if not name.startswith(prefix + "."):
-            continue
-        idx, k = name[len(prefix) + 1:].split(".", 1)
-        state.setdefault(int(idx), {})[k] = v
-    for idx, d in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(d)
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-# --------------------------------------------------------------------------- the loop
+# --------------------------------------------------------------------------- the trainer
 
 
 def lr_factor(progress_frac: float, step: int, warmup: int, schedule: str) -> float:
@@ -573,13 +542,9 @@ def lr_factor(progress_frac: float, step: int, warmup: int, schedule: str) -> fl
     return w * s
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    d = run_dir / "checkpoints"
-    return sorted(d.glob("step-*.safetensors")) if d.is_dir() else []
-
-
 class PerceptionTrainer:
-    """Model, optimiser, sampler and counters for one task; ``step()`` trains one batch."""
+    """Model, optimiser, sampler and counters for one task; ``train_step()`` trains one batch
+    (the loop is :func:`mm2latent.train.state.run_loop`)."""
 
     def __init__(self, opts: PerceptionTrainOptions, data=None, model_config: dict | None = None):
         """``model_config``: a full stored config (resuming); else defaults + ``opts.model``."""
@@ -606,24 +571,25 @@ class PerceptionTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
         self.sampler = Sampler(len(self.data), opts.seed)
-        self.step_count = 0
+        self.step = 0
         self.images_seen = 0
         self.elapsed = 0.0  # training wall-clock seconds, all sessions
+        self.images_per_step = opts.batch
+        self.loss_ema: float | None = None  # for the progress bar and the log
         self.last_val: dict[str, float] = {}
 
     # -- state
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        ot, ometa = flatten_optimizer(self.opt)
+        ot, ometa = st.flatten_optimizer(self.opt, "opt")
         tensors.update(ot)
         meta = {
-            "kind": TRAIN_KIND_PREFIX + self.opts.task,
             "options": self.opts.to_dict(),
             "model_config": self.model.config.to_dict(),
-            "optimizer": ometa,
-            "step": self.step_count,
+            "optim": ometa,
+            "step": self.step,
             "images_seen": self.images_seen,
-            "elapsed_s": self.elapsed,
+            "elapsed": self.elapsed,
             "sampler": {"epoch": self.sampler.epoch, "cursor": self.sampler.cursor, "n": self.sampler.n},
             "task_state": self.task.extra_state(),
             "last_val": self.last_val,
@@ -637,10 +603,10 @@ class PerceptionTrainer:
             self.model.load_state_dict(msd)
         except RuntimeError as e:
             raise UserError(f"checkpoint does not fit the model: {str(e).splitlines()[0]}") from None
-        unflatten_optimizer(self.opt, tensors, meta["optimizer"])
-        self.step_count = int(meta["step"])
+        st.unflatten_optimizer(self.opt, "opt", tensors, meta["optim"])
+        self.step = int(meta["step"])
         self.images_seen = int(meta["images_seen"])
-        self.elapsed = float(meta["elapsed_s"])
+        self.elapsed = float(meta["elapsed"])
         s = meta["sampler"]
         if int(s["n"]) != self.sampler.n:
             raise UserError(f"the checkpoint was trained on {s['n']} samples but the data has {self.sampler.n}")
@@ -654,45 +620,48 @@ class PerceptionTrainer:
         o = self.opts
         fr = []
         if o.steps:
-            fr.append(self.step_count / o.steps)
+            fr.append(self.step / o.steps)
         if o.minutes:
             fr.append(self.elapsed / (o.minutes * 60))
         return max(fr) if fr else 0.0
 
-    def done(self) -> bool:
-        o = self.opts
-        return bool((o.steps and self.step_count >= o.steps) or (o.minutes and self.elapsed >= o.minutes * 60))
-
-    def step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, float]:
         o = self.opts
         # with a step budget the schedule depends on the step alone (exact resume)
-        frac = self.step_count / o.steps if o.steps else self.progress_fraction()
-        lr = o.lr * lr_factor(frac, self.step_count, o.warmup, o.schedule)
+        frac = self.step / o.steps if o.steps else self.progress_fraction()
+        lr = o.lr * lr_factor(frac, self.step, o.warmup, o.schedule)
         for g in self.opt.param_groups:
             g["lr"] = lr
         idx = self.sampler.take(o.batch)
         batch = self.data.batch(idx)
-        gen = torch.Generator().manual_seed((o.seed * 1_000_003 + self.step_count) % (2**63))
+        gen = torch.Generator().manual_seed((o.seed * 1_000_003 + self.step) % (2**63))
         self.model.train()
         if o.freeze_encoder:
             for m in self.model.encoder_modules():
                 m.eval()  # batch-norm statistics stay those of the shipped encoder
         loss, logs = self.task.loss(self.model, batch, gen)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss at step {self.step_count}")
+            raise RuntimeError(f"non-finite loss at step {self.step}")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.step_count += 1
+        self.step += 1
         self.images_seen += len(idx)
+        self.loss_ema = loss.item() if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss.item()
         return {"loss": loss.item(), "lr": lr, **logs}
+
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{self.loss_ema:.4f}"}
+
+    def log_extra(self) -> dict[str, float]:
+        return {"loss_ema": self.loss_ema}
 
     def validate(self, val) -> dict[str, float]:
         self.last_val = {k: float(v) for k, v in self.task.validate(self.model, val).items()}
         return self.last_val
 
     def export(self, path: str | os.PathLike) -> Path:
-        trained = {"task": self.opts.task, "data": str(self.opts.data), "steps": self.step_count,
+        trained = {"task": self.opts.task, "data": str(self.opts.data), "steps": self.step,
                    "images_seen": self.images_seen, "minutes": round(self.elapsed / 60, 2)}
         if self.init_trained is not None:
             prev = self.init_trained
@@ -708,7 +677,7 @@ class PerceptionTrainer:
 def load_init_weights(path: str | os.PathLike, task: str) -> tuple[torch.nn.Module, dict]:
     """(model in train mode, its ``trained`` record) from exported weights of ``task``:
     fine-tuning a shipped model costs a fraction of training a new one."""
-    from ..perception import load_module_file
+    from ..models.registry import load_module_file
 
     model = load_module_file(path, task).train().requires_grad_(True)
     _, cfg = load_checkpoint(path, expect_kind=task)
@@ -729,74 +698,6 @@ def with_new_decoder(model: torch.nn.Module, task: str, changes: dict) -> torch.
     return new.train()
 
 
-def write_checkpoint(tr: PerceptionTrainer, run_dir: Path, keep: int = 2) -> Path:
-    from .state import tensor_digest
-
-    tensors, meta = tr.state()
-    meta = dict(meta, tensors_sha256=tensor_digest(tensors))  # detects torn or corrupted files on resume
-    stem = run_dir / "checkpoints" / f"step-{tr.step_count:08d}"
-    save_checkpoint(stem, tensors, meta)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        for suf in (".safetensors", ".json"):
-            try:
-                old.with_suffix(suf).unlink()
-            except OSError:
-                pass
-    return stem.with_suffix(".safetensors")
-
-
-def latest_checkpoint(run_dir: Path, task: str | None = None) -> tuple[Path, dict, dict] | None:
-    """Newest readable checkpoint (a corrupt newest one falls back to the one before)."""
-    import sys
-
-    from .state import tensor_digest
-
-    for p in reversed(list_checkpoints(run_dir)):
-        try:
-            tensors, meta = load_checkpoint(p)
-            want = meta.get("tensors_sha256")  # checkpoints written before checksums were added have none
-            if want is not None and tensor_digest(tensors) != want:
-                raise UserError(f"checkpoint {p} failed its checksum")
-        except UserError as e:
-            print(f"mm2latent: warning: skipping unreadable checkpoint: {e}; falling back to the previous one",
-                  file=sys.stderr, flush=True)
-            continue
-        kind = meta.get("kind", "")
-        if not kind.startswith(TRAIN_KIND_PREFIX):
-            raise UserError(f"{p} is not a perception training checkpoint (kind {kind!r})")
-        if task is not None and kind != TRAIN_KIND_PREFIX + task:
-            raise UserError(f"run directory {run_dir} holds a {kind[len(TRAIN_KIND_PREFIX):]!r} run, not {task!r}")
-        return p, tensors, meta
-    return None
-
-
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _install_sigterm():
-    """SIGTERM (e.g. ``kill PID`` of a background run) checkpoints like Ctrl-C."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _restore_sigterm(old) -> None:
-    import signal
-    import threading
-
-    if old is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, old)
-
-
-def _log(run_dir: Path, rec: dict) -> None:
-    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
 #: options that a resumed run may change (when given); the rest come from the checkpoint
 RESUMABLE_OVERRIDES = ("data", "steps", "minutes", "export", "threads", "val")
 RESUMABLE_SETTINGS = ("ckpt_minutes", "val_limit", "log_every")
@@ -812,8 +713,7 @@ def train_perception(opts: PerceptionTrainOptions, resume: bool = False, data=No
     """
     opts.validate(require_budget=not resume)
     run_dir = check_writable_dir(opts.out)
-    remove_torn_writes(run_dir)  # this process resumes the run: a killed writer's temporaries go
-    found = latest_checkpoint(run_dir, opts.task)
+    found = st.latest_good_checkpoint(run_dir, TRAIN_KIND_PREFIX + opts.task, clean=True)
     if found and not resume:
         raise UserError(f"{run_dir} already holds a {opts.task} run; pass --resume to continue it or choose another --out")
     if found:
@@ -835,59 +735,29 @@ def train_perception(opts: PerceptionTrainOptions, resume: bool = False, data=No
     if found:
         tr.load_state(tensors, meta)
         if not quiet:
-            print(f"resumed {opts.task} from {path.name} (step {tr.step_count}, {tr.elapsed / 60:.1f} min)", flush=True)
+            print(f"resumed {opts.task} from {path.name} (step {tr.step}, {tr.elapsed / 60:.1f} min)", flush=True)
     else:
         (run_dir / "options.json").write_text(json.dumps(tr.opts.to_dict(), indent=2) + "\n")
     val = open_data(opts.val) if opts.val else None
-    total = tr.opts.steps
-    bar = progress(total=total, initial=tr.step_count if total else 0, desc=f"train {opts.task}", unit="step", disable=True if quiet else None)
-    last_ckpt = time.monotonic()
-    t_rate, n_rate = time.monotonic(), 0
-    loss_ema = None
-    old_term = _install_sigterm()
-    try:
-        while not tr.done():
-            t0 = time.monotonic()
-            logs = tr.step()
-            tr.elapsed += time.monotonic() - t0
-            n_rate += tr.opts.batch
-            loss_ema = logs["loss"] if loss_ema is None else 0.95 * loss_ema + 0.05 * logs["loss"]
-            bar.update(1)
-            if tr.step_count % tr.opts.log_every == 0 or tr.step_count == 1:
-                now = time.monotonic()
-                ips = n_rate / max(now - t_rate, 1e-9)
-                t_rate, n_rate = now, 0
-                post = {"loss": f"{loss_ema:.4f}", "img/s": f"{ips:.1f}"}
-                if tr.opts.minutes:
-                    post["min"] = f"{tr.elapsed / 60:.1f}/{tr.opts.minutes:g}"
-                bar.set_postfix(post, refresh=False)
-                _log(run_dir, {"step": tr.step_count, "elapsed_s": round(tr.elapsed, 2), "img_per_s": round(ips, 2),
-                               "loss_ema": loss_ema, **logs})
-            if time.monotonic() - last_ckpt >= tr.opts.ckpt_minutes * 60:
-                t0 = time.monotonic()
-                if val is not None:
-                    _log(run_dir, {"step": tr.step_count, "val": tr.validate(val)})
-                write_checkpoint(tr, run_dir)
-                tr.elapsed += time.monotonic() - t0
-                last_ckpt = time.monotonic()
-    except KeyboardInterrupt:
-        bar.close()
-        write_checkpoint(tr, run_dir)
-        if not quiet:
-            print(f"interrupted at step {tr.step_count}; checkpoint written, continue with --resume", flush=True)
-        raise
-    finally:
-        _restore_sigterm(old_term)
-    bar.close()
-    if val is not None:
-        v = tr.validate(val)
-        _log(run_dir, {"step": tr.step_count, "val": v})
-        if not quiet:
+
+    def validate(trainer: PerceptionTrainer, why: str) -> None:  # before each checkpoint but an interrupted run's
+        if val is None or why == "stop":
+            return
+        v = trainer.validate(val)
+        with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": trainer.step, "val": v}) + "\n")
+        if why == "end" and not quiet:
             print("validation: " + ", ".join(f"{k} {x:.4f}" for k, x in v.items()), flush=True)
-    write_checkpoint(tr, run_dir)
+
+    finished = st.run_loop(tr, tr.opts, run_dir, TRAIN_KIND_PREFIX + opts.task, desc=f"train {opts.task}",
+                           on_checkpoint=validate, count_checkpoint_time=True, quiet=quiet)
+    if not finished:
+        if not quiet:
+            print(f"interrupted at step {tr.step}; checkpoint written, continue with --resume", flush=True)
+        raise KeyboardInterrupt
     export = Path(tr.opts.export) if tr.opts.export else run_dir / f"{opts.task}.safetensors"
     tr.export(export)
     if not quiet:
-        print(f"{opts.task}: {tr.step_count} steps, {tr.images_seen} images, {tr.elapsed / 60:.1f} min; "
+        print(f"{opts.task}: {tr.step} steps, {tr.images_seen} images, {tr.elapsed / 60:.1f} min; "
               f"weights -> {export}", flush=True)
     return tr

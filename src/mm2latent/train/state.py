@@ -9,6 +9,7 @@ resuming takes the newest one that verifies and warns about damaged ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 import re
@@ -101,9 +102,15 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [stem for _, stem in sorted(found, reverse=True)]
 
 
+class OtherRun(UserError):
+    """A readable checkpoint of another kind of run: a wrong run directory, not a damaged file."""
+
+
 def read_checkpoint(stem: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Load and verify one training checkpoint (checksum over all tensors)."""
-    tensors, meta = load_checkpoint(stem, expect_kind=kind)
+    tensors, meta = load_checkpoint(stem)
+    if meta.get("kind") != kind:
+        raise OtherRun(f"{Path(stem).parent.parent} holds a {meta.get('kind', 'unknown')!r} run, not {kind!r}")
     want = meta.get("tensors_sha256")
     if want is None or tensor_digest(tensors) != want:
         raise UserError(f"checkpoint {stem} failed its checksum")
@@ -132,6 +139,8 @@ def latest_good_checkpoint(run_dir: Path, kind: str, warn_damaged: bool = True, 
     for stem in stems:
         try:
             tensors, meta = read_checkpoint(stem, kind)
+        except OtherRun:
+            raise
         except UserError as e:
             if warn_damaged:
                 warn(f"{e}; falling back to the previous checkpoint")
@@ -193,13 +202,48 @@ def find_resume(run_dir: Path, kind: str, opts, resume: bool):
     return found, opts
 
 
-def run_loop(trainer, opts, run_dir: Path, kind: str, export, desc: str) -> None:
-    """The shared outer loop of the image trainers: step until ``opts.steps`` / ``opts.minutes`` (counted
-    across resumes), log every 20 steps to RUN/log.jsonl, write sample grids every ``opts.sample_every``
-    steps, checkpoint (+ ``export(trainer, run_dir)``) every ``opts.ckpt_minutes`` / ``opts.ckpt_every``
-    and at the end. SIGTERM / SIGINT finish the current step, checkpoint and return.
+@dataclasses.dataclass
+class LoopOptions:
+    """The knobs :func:`run_loop` reads from its ``opts`` (any object; a missing field takes the
+    default here), for a trainer whose own options name them otherwise."""
 
-    ``trainer`` provides ``step``, ``elapsed``, ``train_step() -> stats``, ``state()`` and ``sample_grid()``.
+    steps: int | None = None  # stop at this step (counted across resumes)
+    minutes: float | None = None  # stop once ``trainer.elapsed`` reaches this many minutes
+    ckpt_minutes: float | None = None  # checkpoint every M minutes of wall time; 0 / None: not by time
+    ckpt_every: int = 0  # checkpoint every N steps; 0: not by steps
+    sample_every: int = 0  # sample grid every N steps; 0: never
+    log_every: int = 20  # a RUN/log.jsonl line every N steps and at step 1; 0: none
+
+
+def run_loop(trainer, opts, run_dir: Path, kind: str, export=None, desc: str = "train", *, on_checkpoint=None,
+             sample_name: str = "step-{step:07d}.png", count_checkpoint_time: bool = False,
+             quiet: bool = False) -> bool:
+    """The one training loop of every trainer: a trainer is a model + data + loss behind the
+    protocol below, and this function does the rest.
+
+    Steps until ``opts.steps`` / ``opts.minutes`` (see :class:`LoopOptions`), logs to
+    RUN/log.jsonl, writes sample grids to RUN/samples, checkpoints (:func:`write_checkpoint`, then
+    ``export(trainer, run_dir)``) every ``opts.ckpt_minutes`` / ``opts.ckpt_every`` and at the end.
+    SIGTERM / SIGINT finish the current step, checkpoint and return. A periodic checkpoint that
+    cannot be written (disk full) is warned about and the previous one kept; the final one raises.
+    Returns True when the budget was reached, False when a signal stopped the run.
+
+    ``trainer`` provides:
+
+    * ``step`` (int) and ``elapsed`` (training seconds; run_loop adds each step's wall time),
+    * ``train_step() -> stats`` (one optimisation step; advances ``step``),
+    * ``state() -> (tensors, meta)`` (everything an exact resume needs; called on every rank),
+    * ``sample_grid()`` (an image, when ``opts.sample_every``),
+
+    and optionally ``env`` (a ``train.stylegan2.DistEnv``: under torchrun every rank runs the loop,
+    the ranks agree on when to checkpoint and stop, and rank 0 alone writes files and shows the
+    bar), ``images_per_step`` (adds img/s to the bar and the log), ``postfix(stats) -> dict`` (the
+    bar's fields; default every stat) and ``log_extra() -> dict`` (more fields for each log line).
+
+    ``on_checkpoint(trainer, why)`` runs on every rank before each checkpoint, ``why`` being
+    ``"periodic"``, ``"end"`` (budget reached) or ``"stop"`` (signal): validation goes there.
+    ``sample_name`` names the grids; ``count_checkpoint_time`` counts checkpoint (and validation)
+    time in ``trainer.elapsed``, so a minutes budget is wall-clock; ``quiet`` hides the bar.
     """
     import json
     import signal
@@ -208,43 +252,97 @@ def run_loop(trainer, opts, run_dir: Path, kind: str, export, desc: str) -> None
 
     from ..common.progress import progress
 
-    def done() -> bool:
-        return bool((opts.steps and trainer.step >= opts.steps)
-                    or (opts.minutes and trainer.elapsed >= opts.minutes * 60))
+    o = LoopOptions(**{f.name: getattr(opts, f.name, f.default) for f in dataclasses.fields(LoopOptions)})
+    env = getattr(trainer, "env", None)
+    world = env.world_size if env is not None else 1
+    main = env is None or env.is_main
+    per_step = getattr(trainer, "images_per_step", None)
 
-    def save() -> None:
+    def agreed(*flags: bool) -> list[bool]:
+        """Every rank acts on the same step: a flag raised on any rank holds on all."""
+        if world == 1:
+            return [bool(f) for f in flags]
+        import torch.distributed as dist
+
+        t = torch.tensor([float(f) for f in flags]).to(env.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.cpu().tolist()]
+
+    def done() -> bool:
+        return bool((o.steps and trainer.step >= o.steps) or (o.minutes and trainer.elapsed >= o.minutes * 60))
+
+    def save(why: str) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(trainer, why)
         tensors, meta = trainer.state()
-        write_checkpoint(run_dir, trainer.step, tensors, meta, kind)
-        export(trainer, run_dir)
+        if not main:
+            return
+        try:
+            write_checkpoint(run_dir, trainer.step, tensors, meta, kind)
+            if export is not None:
+                export(trainer, run_dir)
+        except (OSError, UserError) as e:
+            msg = f"could not write a checkpoint at step {trainer.step} ({e}); the previous checkpoint is kept"
+            if why != "periodic":
+                raise UserError(msg) from None
+            warn(msg)
+
+    def log(stats: dict, rate: float) -> None:
+        rec = {"step": trainer.step, "elapsed": round(trainer.elapsed, 1), **stats}
+        if per_step:
+            rec["img_per_s"] = round(rate * per_step, 2)
+        if hasattr(trainer, "log_extra"):
+            rec.update(trainer.log_extra())
+        with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
 
     stop = {"flag": False}
     old = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             old[sig] = signal.signal(sig, lambda *_: stop.update(flag=True))
-    bar = progress(total=opts.steps, initial=trainer.step, desc=desc, unit="step")
-    t_last, t_ckpt = time.monotonic(), time.monotonic()
+    bar = progress(total=o.steps, initial=min(trainer.step, o.steps) if o.steps else trainer.step, desc=desc,
+                   unit="step", disable=True if quiet or not main else None)
+    t_last = t_ckpt = t_window = time.monotonic()
+    n_window = 0
     try:
-        while not done() and not stop["flag"]:
+        end = agreed(done() or stop["flag"])[0]
+        while not end:
             stats = trainer.train_step()
             now = time.monotonic()
             trainer.elapsed += now - t_last
             t_last = now
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
-            if trainer.step % 20 == 0:
-                with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": trainer.step, "elapsed": round(trainer.elapsed, 1), **stats}) + "\n")
-            if opts.sample_every and trainer.step % opts.sample_every == 0:
-                from ..common.imageio import save_image
+            n_window += 1
+            rate = n_window / max(now - t_window, 1e-9)  # steps per second over the last half minute
+            if now - t_window > 30:
+                t_window, n_window = now, 0
+            if main:
+                post = trainer.postfix(stats) if hasattr(trainer, "postfix") else {k: f"{v:.3f}" for k, v in stats.items()}
+                if per_step:
+                    post["img/s"] = f"{rate * per_step:.1f}"
+                if o.minutes:
+                    post["min"] = f"{trainer.elapsed / 60:.1f}/{o.minutes:g}"
+                bar.update(1)
+                bar.set_postfix(post, refresh=False)
+                if o.log_every and (trainer.step % o.log_every == 0 or trainer.step == 1):
+                    log(stats, rate)
+                if o.sample_every and trainer.step % o.sample_every == 0:
+                    from ..common.imageio import save_image
 
-                (run_dir / "samples").mkdir(exist_ok=True)
-                save_image(run_dir / "samples" / f"step-{trainer.step:07d}.png", trainer.sample_grid())
-            if now - t_ckpt >= opts.ckpt_minutes * 60 or (opts.ckpt_every and trainer.step % opts.ckpt_every == 0):
-                save()
-                t_ckpt, t_last = time.monotonic(), time.monotonic()
+                    (run_dir / "samples").mkdir(exist_ok=True)
+                    save_image(run_dir / "samples" / sample_name.format(step=trainer.step), trainer.sample_grid())
+            due, end = agreed(bool(o.ckpt_minutes and now - t_ckpt >= o.ckpt_minutes * 60)
+                              or bool(o.ckpt_every and trainer.step % o.ckpt_every == 0),
+                              done() or stop["flag"])
+            if due and not end:  # the final checkpoint follows anyway
+                save("periodic")
+                t_ckpt = time.monotonic()
+                if not count_checkpoint_time:
+                    t_last = t_ckpt
     finally:
         bar.close()
         for sig, h in old.items():
             signal.signal(sig, h)
-    save()
+    stopped = agreed(not done())[0]
+    save("stop" if stopped else "end")
+    return not stopped

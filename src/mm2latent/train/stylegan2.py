@@ -17,7 +17,9 @@ states flattened to tensors, every rank's Python/NumPy/torch RNG states,
 the step and the data position. They are written atomically to
 ``RUN_DIR/checkpoints/ckpt-<step>``; the previous one is kept, and a
 checksum lets ``--resume`` detect a damaged latest checkpoint and fall back
-to the previous one. Resuming continues bit-exactly.
+to the previous one. Resuming continues bit-exactly. The loop (checkpoint
+timing, SIGTERM / Ctrl-C, ranks agreeing on when to stop) is
+:func:`mm2latent.train.state.run_loop`.
 """
 
 from __future__ import annotations
@@ -27,9 +29,7 @@ import json
 import math
 import os
 import random
-import signal
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
@@ -41,14 +41,14 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
-from ..common.progress import progress
 from ..common.seeding import numpy_rng
 from ..common.imageio import make_grid
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, load_state_checked, save_generator
 from . import state as ckpt
-from .state import list_checkpoints, warn as _warn  # noqa: F401 - list_checkpoints is re-exported
+from .state import warn as _warn
 
 TRAIN_KIND = "stylegan2-train"
+SAMPLE_NAME = "step-{step:09d}.png"  # RUN/samples/
 AUGMENTS = ("translation", "color", "cutout")
 
 
@@ -398,23 +398,8 @@ class TrainOptions(ckpt.OptionsDict):
         return math.ceil(self.kimg * 1000 / self.batch)
 
 
-# =========================================================================== checkpoints on disk
-
-
 def _rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, rank, 0xC0FFEE]).generate_state(1)[0])
-
-
-def read_checkpoint(stem: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load and verify one StyleGAN2 training checkpoint."""
-    return ckpt.read_checkpoint(stem, TRAIN_KIND)
-
-
-def latest_good_checkpoint(run_dir: Path, warn: bool = True,
-                           clean: bool = False) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
-    """Newest readable checkpoint; damaged newer ones are skipped with a warning (``clean``: see
-    :func:`mm2latent.train.state.latest_good_checkpoint`)."""
-    return ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND, warn_damaged=warn, clean=clean)
 
 
 # =========================================================================== trainer
@@ -450,6 +435,8 @@ class StyleGAN2Trainer:
         self.optD = adam(self.D.parameters(), opts.r1_every)
         self.pl_mean = torch.zeros((), device=dev)
         self.step = 0
+        self.elapsed = 0.0  # this invocation's seconds (``minutes`` is per invocation)
+        self.images_per_step = opts.batch
         self.order = DataOrder(len(self.source), opts.seed)
         self.augment = opts.augment_policy
         self.stats: dict[str, float] = {}
@@ -464,6 +451,12 @@ class StyleGAN2Trainer:
     @property
     def nimg(self) -> int:
         return self.step * self.opts.batch
+
+    def postfix(self, stats: dict[str, float]) -> dict[str, str]:
+        return {"G": f"{stats['loss_G']:.3f}", "D": f"{stats['loss_D']:.3f}", "kimg": f"{self.nimg / 1000:.1f}"}
+
+    def log_extra(self) -> dict[str, float]:
+        return {"kimg": self.nimg / 1000}
 
     def _all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
         if self.env.world_size > 1:
@@ -658,31 +651,13 @@ class StyleGAN2Trainer:
         return make_grid(u8, int(math.ceil(math.sqrt(n))))
 
 
-# =========================================================================== run loop
+# =========================================================================== run
 
 
-def _write_checkpoint(trainer: StyleGAN2Trainer, run_dir: Path, keep: int = 2) -> Path | None:
-    """Collective. Rank 0 writes ckpt-<step> and the G_ema export; older ones beyond ``keep`` go."""
-    tensors, meta = trainer.state()
-    if not trainer.env.is_main:
-        return None
-    stem = ckpt.write_checkpoint(run_dir, trainer.step, tensors, meta, TRAIN_KIND, keep=keep)
+def export_generator(trainer: StyleGAN2Trainer, run_dir: Path) -> None:
+    """RUN/generator.safetensors: G_ema, written with every checkpoint."""
     save_generator(run_dir / "generator", trainer.G_ema,
                    extra={"training": {"step": trainer.step, "kimg": trainer.nimg / 1000, "run": str(run_dir)}})
-    return stem
-
-
-def _save_grid(trainer: StyleGAN2Trainer, run_dir: Path) -> None:
-    from ..common.imageio import save_image
-
-    grid = trainer.sample_grid()
-    (run_dir / "samples").mkdir(exist_ok=True)
-    save_image(run_dir / "samples" / f"step-{trainer.step:09d}.png", grid)
-
-
-def _log(run_dir: Path, record: dict) -> None:
-    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def train_stylegan2(opts: TrainOptions, source: ImageSource | None = None,
@@ -709,7 +684,8 @@ def _train(opts: TrainOptions, source: ImageSource | None, env: DistEnv) -> Styl
     run_dir = Path(opts.out)
     if env.is_main:
         check_writable_dir(run_dir)
-    found = latest_good_checkpoint(run_dir, warn=env.is_main, clean=env.is_main) if run_dir.is_dir() else None
+    found = (ckpt.latest_good_checkpoint(run_dir, TRAIN_KIND, warn_damaged=env.is_main, clean=env.is_main)
+             if run_dir.is_dir() else None)
     if found and not opts.resume:
         raise UserError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another --out")
     if opts.resume and found:
@@ -729,80 +705,17 @@ def _train(opts: TrainOptions, source: ImageSource | None, env: DistEnv) -> Styl
     if env.is_main:
         write_text_atomic(run_dir / "options.json", json.dumps(opts.to_dict(), indent=2) + "\n")
 
-    stop_requested = {"flag": False}
-
-    def _on_signal(signum, frame):  # finish the step, checkpoint, exit
-        stop_requested["flag"] = True
-
-    old_handlers = {}
-    if hasattr(signal, "SIGTERM") and _in_main_thread():
-        for s in (signal.SIGTERM, signal.SIGINT):
-            old_handlers[s] = signal.signal(s, _on_signal)
-
     total = opts.total_steps
-    t_start = time.monotonic()
-    t_ckpt = t_start
-    bar = progress(total=total, initial=min(trainer.step, total), desc="stylegan2", unit="step",
-                   disable=None if env.is_main else True)
-    window_t, window_n = time.monotonic(), 0
-    try:
-        while trainer.step < total:
-            stats = trainer.train_step()
-            window_n += opts.batch
-            now = time.monotonic()
-            ips = window_n / max(now - window_t, 1e-9)
-            if now - window_t > 30:
-                window_t, window_n = now, 0
-            bar.update(1)
-            bar.set_postfix(G=f"{stats['loss_G']:.3f}", D=f"{stats['loss_D']:.3f}", img_s=f"{ips:.1f}",
-                            kimg=f"{trainer.nimg / 1000:.1f}", refresh=False)
-
-            flags = torch.tensor([
-                float(opts.ckpt_every > 0 and trainer.step % opts.ckpt_every == 0),
-                float(opts.ckpt_minutes > 0 and now - t_ckpt >= opts.ckpt_minutes * 60),
-                float(stop_requested["flag"] or (opts.minutes is not None and now - t_start >= opts.minutes * 60)),
-            ])
-            if env.world_size > 1:  # every rank acts on the same step
-                ft = flags.to(env.device)
-                dist.all_reduce(ft, op=dist.ReduceOp.MAX)
-                flags = ft.cpu()
-            stop = bool(flags[2])
-            if (flags[0] or flags[1]) and not stop and trainer.step < total:
-                _checkpoint_safely(trainer, run_dir, final=False)
-                t_ckpt = time.monotonic()
-                if env.is_main:
-                    _log(run_dir, {"step": trainer.step, "kimg": trainer.nimg / 1000, **stats, "img_s": ips,
-                                   "elapsed_s": now - t_start})
-            if env.is_main and opts.sample_every > 0 and trainer.step % opts.sample_every == 0 and trainer.step < total:
-                _save_grid(trainer, run_dir)
-            if stop:
-                break
-    finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-    _checkpoint_safely(trainer, run_dir, final=True)
+    loop = ckpt.LoopOptions(steps=total, minutes=opts.minutes, ckpt_minutes=opts.ckpt_minutes,
+                            ckpt_every=opts.ckpt_every, sample_every=opts.sample_every)
+    ckpt.run_loop(trainer, loop, run_dir, TRAIN_KIND, export_generator, desc="stylegan2",
+                  sample_name=SAMPLE_NAME, count_checkpoint_time=True)
     if env.is_main:
-        _save_grid(trainer, run_dir)
-        _log(run_dir, {"step": trainer.step, "kimg": trainer.nimg / 1000, **trainer.stats,
-                       "elapsed_s": time.monotonic() - t_start, "final": trainer.step >= total})
+        if not (opts.sample_every and trainer.step % opts.sample_every == 0):  # else the loop just drew it
+            from ..common.imageio import save_image
+
+            (run_dir / "samples").mkdir(exist_ok=True)
+            save_image(run_dir / "samples" / SAMPLE_NAME.format(step=trainer.step), trainer.sample_grid())
         print(f"step {trainer.step}/{total} ({trainer.nimg / 1000:.1f} kimg); generator: {run_dir / 'generator'}"
               f".safetensors", file=sys.stderr)
     return trainer
-
-
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _checkpoint_safely(trainer: StyleGAN2Trainer, run_dir: Path, final: bool) -> None:
-    """A failed periodic write (disk full) keeps the previous checkpoint and training goes on."""
-    try:
-        _write_checkpoint(trainer, run_dir)
-    except (OSError, UserError) as e:
-        msg = f"could not write a checkpoint at step {trainer.step} ({e}); the previous checkpoint is kept"
-        if final:
-            raise UserError(msg) from None
-        _warn(msg)

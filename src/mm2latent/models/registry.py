@@ -1,16 +1,21 @@
-"""Loading (and writing) the shipped perception models.
+"""The model registry: which models a weights directory holds, and how they load and save.
 
-A weights directory holds one safetensors + JSON pair per model::
+A weights directory (default: the package's shipped ``mm2latent/weights/``, see
+:func:`default_weights_dir`) holds one safetensors + JSON pair per model; the
+file names are :data:`COMPONENT_FILES`::
 
-    parser.safetensors     parser.json      (kind "parser")
-    analyzer.safetensors   analyzer.json    (kind "analyzer")
-    mask_ae.safetensors    mask_ae.json     (kind "mask_ae")
-    sketch_ae.safetensors  sketch_ae.json   (kind "sketch_ae")
-    coeff_ae.safetensors   coeff_ae.json    (kind "coeff_ae")
+    generator      StyleGAN2 generator (kind stylegan2-generator)
+    encoder        FaRL/CLIP-style text + image encoder (kind clip)
+    parser, analyzer, mask_ae, sketch_ae, coeff_ae   perception stack
+    mapping_net    MappingNet (kind mapping_net)
+    image_encoder  image -> latent inverter (optional; needed for editing)
+    latent_prior, wplus_inverter                     optional
 
 The JSON holds ``kind``, the model ``config`` and training notes; tensors may
-be stored in float16 (they are loaded as float32). The package's shipped
-directory is ``mm2latent/weights/``.
+be stored in float16 (they are loaded as float32). :func:`model_classes` maps
+a kind to its module and config classes; :func:`load_module_file` and
+:func:`save_module` read and write one file; :func:`load_components` loads
+several models of a directory at once.
 
 >>> p = load_perception()                     # shipped weights
 >>> p = load_perception("runs/weights", names=("parser",))
@@ -22,25 +27,50 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .common.checkpoint import load_checkpoint, save_checkpoint
-from .common.errors import UserError
+from ..common.checkpoint import load_checkpoint, save_checkpoint
+from ..common.errors import UserError
 
 NAMES: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
 FORMAT_VERSION = 1
 
 
+COMPONENT_FILES = {
+    "generator": "generator.safetensors",
+    "encoder": "encoder.safetensors",
+    "parser": "parser.safetensors",
+    "analyzer": "analyzer.safetensors",
+    "mask_ae": "mask_ae.safetensors",
+    "sketch_ae": "sketch_ae.safetensors",
+    "coeff_ae": "coeff_ae.safetensors",
+    "mapping_net": "mapping_net.safetensors",
+    "image_encoder": "image_encoder.safetensors",
+    "latent_prior": "latent_prior.safetensors",
+    "wplus_inverter": "wplus_inverter.safetensors",
+}
+CONTROL_PARTS = ("encoder", "parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
+
+
 def default_weights_dir() -> Path:
-    return Path(__file__).resolve().parent / "weights"
+    """The package's shipped weights directory, ``mm2latent/weights/`` (the one place that knows it)."""
+    return Path(__file__).resolve().parents[1] / "weights"
+
+
+def component_file(d: str | os.PathLike, name: str) -> Path:
+    """The file of component ``name`` in weights directory ``d``; a UserError when it is not there."""
+    f = Path(d) / COMPONENT_FILES[name]
+    if not f.exists():
+        raise UserError(f"no {name} weights in {d} (expected {f.name} and {f.with_suffix('.json').name})")
+    return f
 
 
 def model_classes(kind: str):
     """(module class, config class) for a model kind."""
-    from .models import analyzer, autoencoders, inversion, latent_prior, mapping, parser
+    from . import analyzer, autoencoders, inversion, latent_prior, mapping, parser
 
     table = {
         "parser": (parser.FaceParser, parser.ParserConfig),
@@ -120,6 +150,45 @@ def load_module(weights_dir: str | os.PathLike | None, name: str) -> torch.nn.Mo
     return load_module_file(f, name)
 
 
+
+def load_components(weights: str | os.PathLike | None = None,
+                    need: Sequence[str] = ("generator", "controls", "mapping_net")) -> dict[str, Any]:
+    """Load models from a weights directory (default: shipped). ``need`` names components;
+    ``"controls"`` means the encoder and the perception stack as a :class:`~.controls.ControlEncoders`."""
+    import json
+
+    from .clip import load_clip
+    from .controls import ControlEncoders
+    from .stylegan2 import load_generator
+
+    d = Path(weights) if weights is not None else default_weights_dir()
+    if not d.is_dir():
+        raise UserError(f"weights directory {d} does not exist" if not d.exists() else f"{d} is not a directory")
+    out: dict[str, Any] = {}
+    for name in need:
+        if name == "controls":
+            parts = {p: (load_clip(component_file(d, p)) if p == "encoder" else load_module_file(component_file(d, p), p))
+                     for p in CONTROL_PARTS}
+            out["controls"] = ControlEncoders(**parts)
+        elif name == "generator":
+            f = component_file(d, "generator")
+            out["generator"] = load_generator(f)
+            out["generator_info"] = json.loads(f.with_suffix(".json").read_text()).get("training", {})
+        elif name in ("mapping_net", "image_encoder", "latent_prior", "wplus_inverter"):
+            f = component_file(d, name)
+            out[name] = load_module_file(f, name)
+            out[name + "_info"] = json.loads(f.with_suffix(".json").read_text())
+        else:
+            raise ValueError(f"unknown component {name!r}")
+    return out
+
+
+def load_optional(weights: str | os.PathLike, name: str) -> Any:
+    """Component ``name`` from a weights directory, or None when the directory has none
+    (image_encoder, wplus_inverter and latent_prior are optional)."""
+    d = Path(weights)
+    return load_components(d, need=(name,))[name] if (d / COMPONENT_FILES[name]).exists() else None
+
 @dataclass
 class Perception:
     parser: torch.nn.Module | None = None
@@ -147,7 +216,7 @@ def load_perception(weights_dir: str | os.PathLike | None = None, names: Iterabl
 
 def image_batch(image: np.ndarray, size: int) -> torch.Tensor:
     """uint8 (H, W, 3) photo -> (1, 3, size, size) in [-1, 1] (centre crop + Lanczos resize)."""
-    from .common.imageio import image_to_tensor, resize_image
+    from ..common.imageio import image_to_tensor, resize_image
 
     return image_to_tensor(resize_image(image, size))[None]
 
@@ -166,9 +235,9 @@ def parse_image(parser: torch.nn.Module, image: np.ndarray, out_size: int | None
 @torch.no_grad()
 def analyze_image(analyzer: torch.nn.Module, image: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
     """(attribute probabilities by CelebA name, coefficients in raw units) of a photo."""
-    from .world.attributes import ATTRIBUTES
-    from .world.dataset import denormalise_coeffs
-    from .world.params import COEFF_NAMES
+    from ..world.attributes import ATTRIBUTES
+    from ..world.dataset import denormalise_coeffs
+    from ..world.params import COEFF_NAMES
 
     a, c = analyzer.eval()(image_batch(image, analyzer.config.size))
     probs = torch.sigmoid(a)[0].tolist()
@@ -200,6 +269,6 @@ def sketch_from_image(image: np.ndarray, size: int) -> torch.Tensor:
 
 def load_sketch(path: str | os.PathLike, size: int) -> torch.Tensor:
     """Read a sketch image file (see :func:`sketch_from_image`)."""
-    from .common.imageio import load_image
+    from ..common.imageio import load_image
 
     return sketch_from_image(load_image(path), size)

@@ -8,7 +8,12 @@ MappingNet the same way:
   edge sketch, normalised coefficients, attribute probabilities, image
   embedding) -- used on generator samples to build MappingNet's training set;
 * ``embed_*``: a control -> its embedding (mask/sketch/coefficient autoencoder
-  encoders, the text tower of the FaRL-style encoder).
+  encoders, the text tower of the FaRL-style encoder);
+* ``resize_labels`` / ``resize_images`` / ``resize_sketch``: the resizing every
+  model input goes through.
+
+The weights of a :class:`ControlEncoders` load with
+:func:`mm2latent.models.registry.load_components` (``need=("controls",)``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..models.clip import CLIP
+from .clip import CLIP
 from ..world.sketch import extract_sketch
 
 

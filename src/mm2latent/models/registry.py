@@ -150,7 +150,6 @@ def load_module(weights_dir: str | os.PathLike | None, name: str) -> torch.nn.Mo
     return load_module_file(f, name)
 
 
-
 def load_components(weights: str | os.PathLike | None = None,
                     need: Sequence[str] = ("generator", "controls", "mapping_net")) -> dict[str, Any]:
     """Load models from a weights directory (default: shipped). ``need`` names components;

@@ -292,7 +292,6 @@ class WorldGeneratorTrainer:
             fake = self.G_fwd(code)
             g_adv = F.softplus(-self.D_fwd(aug(fake))).float().mean()
         l1 = self.l1_pyramid(fake, real, r.l1_adversarial)
-        stats = {"l1": l1, "g_adv": g_adv}
         self._backward(l1 + r.adv_weight * g_adv, self.optG)
         self.D.requires_grad_(True)
         # D: logistic loss on the same fakes, lazy R1 on reals
@@ -301,7 +300,7 @@ class WorldGeneratorTrainer:
             d_fake = self.D_fwd(aug(fake.detach()))
             d_real = self.D_fwd(aug(real))
         d_loss = (F.softplus(d_fake.float()) + F.softplus(-d_real.float())).mean()
-        stats["d"] = d_loss
+        stats = {"l1": l1, "g_adv": g_adv, "d": d_loss}
         if self.step % r.r1_every == 0:
             x = real.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.D(x).sum(), x, create_graph=True)
@@ -428,8 +427,7 @@ def train_world_generator(recipe: GeneratorRecipe, run: RunOptions,
     steps = min(run.steps or trainer.recipe.total_steps, trainer.recipe.total_steps)
     loop_opts = ckpt.LoopOptions(steps=steps, minutes=_minutes_left(run, trainer), sample_every=run.sample_every,
                                  ckpt_minutes=run.ckpt_minutes, ckpt_every=run.ckpt_every)
-    ckpt.run_loop(trainer, loop_opts, run_dir, TRAIN_KIND, export=lambda *_: None,
-                  desc=f"world generator ({trainer.stage})")
+    ckpt.run_loop(trainer, loop_opts, run_dir, TRAIN_KIND, desc=f"world generator ({trainer.stage})")
     if trainer.stage == "done":
         export(trainer, run_dir / "export")
     return trainer

@@ -202,6 +202,16 @@ def find_resume(run_dir: Path, kind: str, opts, resume: bool):
     return found, opts
 
 
+def write_sample_grid(trainer, run_dir: Path, name: str = "step-{step:07d}.png") -> Path:
+    """RUN/samples/<name>: ``trainer.sample_grid()`` at the trainer's current step."""
+    from ..common.imageio import save_image
+
+    path = run_dir / "samples" / name.format(step=trainer.step)
+    path.parent.mkdir(exist_ok=True)
+    save_image(path, trainer.sample_grid())
+    return path
+
+
 @dataclasses.dataclass
 class LoopOptions:
     """The knobs :func:`run_loop` reads from its ``opts`` (any object; a missing field takes the
@@ -327,10 +337,7 @@ def run_loop(trainer, opts, run_dir: Path, kind: str, export=None, desc: str = "
                 if o.log_every and (trainer.step % o.log_every == 0 or trainer.step == 1):
                     log(stats, rate)
                 if o.sample_every and trainer.step % o.sample_every == 0:
-                    from ..common.imageio import save_image
-
-                    (run_dir / "samples").mkdir(exist_ok=True)
-                    save_image(run_dir / "samples" / sample_name.format(step=trainer.step), trainer.sample_grid())
+                    write_sample_grid(trainer, run_dir, sample_name)
             due, end = agreed(bool(o.ckpt_minutes and now - t_ckpt >= o.ckpt_minutes * 60)
                               or bool(o.ckpt_every and trainer.step % o.ckpt_every == 0),
                               done() or stop["flag"])

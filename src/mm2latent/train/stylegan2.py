@@ -712,10 +712,7 @@ def _train(opts: TrainOptions, source: ImageSource | None, env: DistEnv) -> Styl
                   sample_name=SAMPLE_NAME, count_checkpoint_time=True)
     if env.is_main:
         if not (opts.sample_every and trainer.step % opts.sample_every == 0):  # else the loop just drew it
-            from ..common.imageio import save_image
-
-            (run_dir / "samples").mkdir(exist_ok=True)
-            save_image(run_dir / "samples" / SAMPLE_NAME.format(step=trainer.step), trainer.sample_grid())
+            ckpt.write_sample_grid(trainer, run_dir, SAMPLE_NAME)
         print(f"step {trainer.step}/{total} ({trainer.nimg / 1000:.1f} kimg); generator: {run_dir / 'generator'}"
               f".safetensors", file=sys.stderr)
     return trainer

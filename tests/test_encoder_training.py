@@ -144,8 +144,11 @@ def test_train_clip_cli_rejects_bad_config(cache, tmp_path, capsys):
     from mm2latent.cli.main import main
 
     base = ["train", "clip", "--data", str(cache), "--out", str(tmp_path / "r"), "--steps", "1", "--batch", "4"]
-    assert main(base + ["--config", "{not json"]) != 0
-    assert "--config is not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+        main(base + ["--config", "{not json"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--config" in err and "JSON object" in err and err.count("\n") == 1
     assert main(base + ["--config", '{"vision_patchsize": 8}']) != 0
     assert "unknown CLIP config fields: vision_patchsize" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # refused before anything is written

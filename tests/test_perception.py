@@ -350,7 +350,7 @@ def test_init_fine_tunes_exported_weights(cache, tmp_path):
     meta = json.loads((tmp_path / "ft2" / "mask_ae.json").read_text())["trained"]
     assert meta["init"]["trained"]["steps"] == 4 and meta["steps"] == 3 == tr.step
     assert meta["total_images_seen"] == src.images_seen + tr.images_seen
-    with pytest.raises(UserError, match="model-config"):
+    with pytest.raises(UserError, match="--model"):
         tp.train_perception(_opts("mask_ae", cache, tmp_path / "x", steps=1, init=str(exported), model={"base": 8}),
                             quiet=True)
     with pytest.raises(UserError):  # weights of another model kind
@@ -405,7 +405,7 @@ def test_freeze_encoder_trains_a_wider_decoder_behind_the_same_code(cache, tmp_p
 
 def test_refinement_stage_starts_neutral_and_trains(cache, tmp_path):
     """A full-resolution refinement stage added to trained AE weights (``--init`` with
-    ``--model-config '{"refine": C}'``) leaves the output unchanged before training (its last conv
+    ``--model '{"refine": C}'``) leaves the output unchanged before training (its last conv
     starts at zero), then trains jointly with the rest; --augment-p is validated and recorded."""
     tp.train_perception(_opts("mask_ae", cache, tmp_path / "src", steps=4), quiet=True)
     exported = tmp_path / "src" / "mask_ae.safetensors"
@@ -547,43 +547,10 @@ def test_real_masks_load_and_encode():
 # --------------------------------------------------------------------------- CLI
 
 
-def _hooked(argv) -> bool:
-    """Whether the main ``mm2latent`` parser already routes ``argv``'s verb here."""
-    import argparse
-
-    from mm2latent.cli.main import build_parser
-
-    def subs(p):
-        return next((a.choices for a in p._actions if isinstance(a, argparse._SubParsersAction)), {})
-
-    top = subs(build_parser())
-    if argv[0] not in top:
-        return False
-    return argv[0] != "train" or argv[1] in subs(top["train"])
-
-
 def _cli(argv, capsys):
-    """Run the CLI: through ``mm2latent.cli.main`` where hooked in, else the same pieces stand-alone."""
-    import sys
-
     from mm2latent.cli import main as cli_main
 
-    if _hooked(argv):
-        rc = cli_main.main(argv)
-        return rc, capsys.readouterr()
-    from mm2latent.cli.perception import register, register_train_subcommands
-
-    p = cli_main._Parser(prog="mm2latent")
-    sub = p.add_subparsers(dest="command", parser_class=cli_main._Parser)
-    register(sub)
-    t = sub.add_parser("train")
-    register_train_subcommands(t.add_subparsers(dest="model", parser_class=cli_main._Parser))
-    args = p.parse_args(argv)
-    try:
-        rc = args.func(args)
-    except UserError as e:
-        print(f"mm2latent: error: {e}", file=sys.stderr)
-        rc = 2
+    rc = cli_main.main(argv)
     return rc, capsys.readouterr()
 
 
@@ -627,7 +594,7 @@ def test_cli_train_and_eval(cache, weights, tmp_path, capsys):
     exp = tmp_path / "w" / "coeff_ae.safetensors"
     (tmp_path / "w").mkdir()
     argv = ["train", "coeff-ae", "--data", str(cache), "--out", str(run), "--steps", "3", "--batch", "16",
-            "--export", str(exp), "--model-config", json.dumps(TINY_MODEL["coeff_ae"])]
+            "--export", str(exp), "--model", json.dumps(TINY_MODEL["coeff_ae"])]
     rc, cap = _cli(argv, capsys)
     assert rc == 0, cap.err
     assert exp.exists() and list((run / "checkpoints").glob("*.safetensors"))

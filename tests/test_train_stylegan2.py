@@ -24,7 +24,7 @@ from mm2latent.train.stylegan2 import TRAIN_KIND, DataOrder, TensorSource, Train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--size", "16", "--batch", "4", "--channels", "16,16,8", "--z-dim", "16", "--w-dim", "16",
-        "--map-layers", "2", "--r1-every", "4", "--pl-weight", "2", "--pl-every", "3",
+        "--mapping-layers", "2", "--r1-every", "4", "--pl-weight", "2", "--pl-every", "3",
         "--augment", "translation,color,cutout", "--sample-every", "0", "--ckpt-minutes", "0", "--threads", "1"]
 
 

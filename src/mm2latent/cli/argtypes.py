@@ -3,6 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command: errors are one line and exit 2, like a UserError. A parser with
+    ``deferred`` set adds those options on first use -- trainer options come from dataclasses in
+    modules that import torch, which ``mm2latent --help`` and every other command must not pay for."""
+
+    deferred: Callable[[argparse.ArgumentParser], None] | None = None
+
+    def error(self, message: str):
+        self.exit(2, f"mm2latent: error: {message}\n")
+
+    def _add_deferred(self) -> None:
+        fill, self.deferred = self.deferred, None
+        if fill is not None:
+            fill(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._add_deferred()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_deferred()
+        return super().format_help()
 
 
 def positive_int(text: str) -> int:

@@ -1,4 +1,4 @@
-"""CLI for the text/image encoder: ``train clip``, ``eval encoder``, ``embed``."""
+"""CLI for the text/image encoder: ``eval encoder`` (``train clip`` lives in :mod:`mm2latent.cli.train`)."""
 
 from __future__ import annotations
 
@@ -6,52 +6,6 @@ import json
 from pathlib import Path
 
 from ..common.errors import UserError
-from .argtypes import seed_int
-
-
-def add_train_clip(train_sub) -> None:
-    p = train_sub.add_parser("clip", help="contrastive training of the world CLIP/FaRL encoder")
-    p.add_argument("--data", required=True, help="world cache directory (mm2latent world cache)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, log)")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--minutes", type=float, default=None, help="stop after this wall time (checkpoint kept)")
-    p.add_argument("--ckpt-every", type=int, default=250)
-    p.add_argument("--config", default="world_small",
-                   help="CLIP preset (world_small, farl_vit_b16) or a JSON object of fields overriding world_small, "
-                        "e.g. '{\"vision_patch_size\": 8}'")
-    p.add_argument("--hard-negatives", action="store_true",
-                   help="add one caption of the same face with one stated attribute flipped as an extra negative")
-    p.add_argument("--attr-weight", type=float, default=0.0,
-                   help="weight of a linear attribute head shared by both towers (image: the renderer's attributes; "
-                        "caption: the facts it states), so thin attributes reach the embeddings")
-    p.add_argument("--init", default=None, metavar="CLIP",
-                   help="start from this exported CLIP (weights and config; --config is then ignored)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--export", default=None, help="write the final model (fp16 safetensors+json) here")
-    p.set_defaults(func=_train_clip)
-
-
-def _train_clip(a) -> int:
-    from ..train.clip import CLIPTrainOptions, train_clip
-
-    if a.steps <= 0 or a.batch < 2:
-        raise UserError("--steps must be positive and --batch at least 2")
-    if a.attr_weight < 0:
-        raise UserError("--attr-weight must be >= 0")
-    config = a.config
-    if config.lstrip().startswith("{"):
-        try:
-            config = json.loads(config)
-        except json.JSONDecodeError as e:
-            raise UserError(f"--config is not valid JSON: {e}") from None
-    opts = CLIPTrainOptions(data=a.data, out=a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                            minutes=a.minutes, ckpt_every=a.ckpt_every, config=config,
-                            hard_negatives=a.hard_negatives, attr_weight=a.attr_weight, init=a.init)
-    train_clip(opts, resume=a.resume, export=a.export)
-    return 0
 
 
 def add_eval_encoder(eval_sub) -> None:

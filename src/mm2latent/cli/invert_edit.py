@@ -5,62 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import UserError
-from .argtypes import nonneg_int, positive_float, positive_int, seed_int
+from .argtypes import nonneg_int
 
 INVERTER_HELP = ("wplus: the e4e-style W+ inverter (wplus_inverter.safetensors); w: the generator-AE's encoder "
                  "(one w for all layers); auto (default): wplus when the weights have it")
 TUNE_HELP = ("pivotal tuning: fine-tune a copy of the generator on this photo for N steps around the inverted "
              "code (default 0; 50-100 recovers details no code reaches; edits are drawn with the tuned copy)")
-
-
-def add_train_inverter(models) -> None:
-    t = models.add_parser(
-        "inverter", help="train the e4e-style W+ inverter for editing (generator frozen)",
-        description="Image -> w+ = w + per-layer offsets, initialised from the generator-AE's encoder and mapping "
-        "(offsets start at zero). Losses: pixel L1 + low-res L2, parser CE and analyzer attribute/coefficient "
-        "losses against the renderer's truth, w+ MSE on generator samples, offset regulariser; progressive "
-        "offsets (see mm2latent.train.inverter). Exports RUN_DIR/wplus_inverter.safetensors; --resume continues "
-        "exactly.")
-    t.add_argument("--data", required=True, metavar="CACHE_DIR", help="world cache (mm2latent world cache)")
-    t.add_argument("--out", required=True, metavar="RUN_DIR")
-    t.add_argument("--weights", default=None, help="generator + image_encoder to start from (default: shipped)")
-    t.add_argument("--minutes", type=positive_float, default=None, help="budget, counted across resumes")
-    t.add_argument("--steps", type=positive_int, default=None)
-    t.add_argument("--batch", type=positive_int, default=8, help="world renders per step (default 8)")
-    t.add_argument("--sample-batch", type=nonneg_int, default=4, help="generator samples per step (default 4)")
-    t.add_argument("--lr", type=positive_float, default=1e-3, help="offset heads (default 1e-3)")
-    t.add_argument("--base-lr", type=float, default=5e-5, help="encoder + mapping copy; 0 freezes (default 5e-5)")
-    t.add_argument("--offset-reg", type=float, default=0.1, help="weight of the mean square offset (default 0.1)")
-    t.add_argument("--seg-weight", type=float, default=0.5)
-    t.add_argument("--attr-weight", type=float, default=0.2)
-    t.add_argument("--coeff-weight", type=float, default=1.0)
-    t.add_argument("--latent-weight", type=float, default=0.1)
-    t.add_argument("--progressive-steps", type=nonneg_int, default=100,
-                   help="switch on one more layer's offset every N steps (0: all at once; default 100)")
-    t.add_argument("--init", default=None, metavar="WPLUS_INVERTER.safetensors",
-                   help="fine-tune this exported inverter (e.g. after the generator's synthesis was fine-tuned); "
-                   "all offsets active from the start")
-    t.add_argument("--init-base", default="inverter", choices=("inverter", "weights"),
-                   help="with --init: keep the file's base code, or take the base (encoder + mapping) from --weights "
-                   "so that it is exactly their W inversion (after a generator-AE phase that moved W)")
-    t.add_argument("--seed", type=seed_int, default=0)
-    t.add_argument("--threads", type=positive_int, default=None)
-    t.add_argument("--resume", action="store_true")
-    t.set_defaults(func=_train_inverter)
-
-
-def _train_inverter(a) -> int:
-    from ..train.inverter import InverterOptions, train_inverter
-
-    if a.minutes is None and a.steps is None:
-        raise UserError("give a budget: --steps N and/or --minutes M")
-    train_inverter(InverterOptions(
-        out=a.out, data=a.data, weights=a.weights, minutes=a.minutes, steps=a.steps, batch=a.batch,
-        sample_batch=a.sample_batch, lr=a.lr, base_lr=a.base_lr, offset_reg=a.offset_reg, seg_weight=a.seg_weight,
-        attr_weight=a.attr_weight, coeff_weight=a.coeff_weight, latent_weight=a.latent_weight,
-        progressive_steps=a.progressive_steps, seed=a.seed, threads=a.threads, resume=a.resume, init=a.init,
-        init_base=a.init_base))
-    return 0
 
 
 def register(sub) -> None:

@@ -11,22 +11,18 @@ import sys
 from typing import Sequence
 
 from ..common.errors import UserError
+from .argtypes import CommandParser
 
 #: command modules, imported lazily so ``mm2latent --help`` stays fast
 COMMAND_MODULES = ("generate", "invert_edit", "serve", "world", "sample", "convert", "train", "mapping", "perception", "eval")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like UserError
-        self.exit(2, f"mm2latent: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = _Parser(prog="mm2latent", description="Multimodal face generation and editing (MM2Latent).")
+    parser = CommandParser(prog="mm2latent", description="Multimodal face generation and editing (MM2Latent).")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", parser_class=CommandParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"mm2latent.cli.{name}").register(sub)
     return parser
@@ -52,12 +48,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except UserError as e:
         print(f"mm2latent: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("mm2latent: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. ``mm2latent attributes IMG | head``: the reader left, nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     return int(rc or 0)
 
 

@@ -1,12 +1,12 @@
-"""CLI for MappingNet: its training data (``mapping-data``, ``mapping-reembed``), ``train mapping``
-and its inference defaults (``mapping-guidance``)."""
+"""CLI for MappingNet: its training data (``mapping-data``, ``mapping-reembed``) and its inference
+defaults (``mapping-guidance``); ``train mapping`` lives in :mod:`mm2latent.cli.train`."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..common.errors import UserError
-from .argtypes import positive_float, positive_int, seed_int
+from .argtypes import positive_int, seed_int
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -17,37 +17,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise argparse.ArgumentTypeError(f"need 0 <= i < n, got {text}")
     return i, n
-
-
-def add_train_mapping(models) -> None:
-    m = models.add_parser(
-        "mapping", help="train MappingNet on data from 'mm2latent mapping-data'",
-        description="MappingNet: [pseudo-text ; mask ; sketch ; coeff embeddings] -> w with L1 + cosine loss, "
-        "pseudo text = normalise(image embedding + noise), random modality dropout.")
-    m.add_argument("--data", required=True, metavar="DATA_DIR")
-    m.add_argument("--out", required=True, metavar="RUN_DIR")
-    m.add_argument("--steps", type=positive_int, default=4000)
-    m.add_argument("--minutes", type=positive_float, default=None)
-    m.add_argument("--batch", type=positive_int, default=256)
-    m.add_argument("--lr", type=positive_float, default=1e-3)
-    m.add_argument("--text-noise", type=float, default=0.04, help="std of the noise on image embeddings")
-    m.add_argument("--drop-prob", type=float, default=0.3, help="per-modality dropout probability")
-    m.add_argument("--modalities", default="text,mask,sketch,coeffs")
-    m.add_argument("--wplus", action="store_true", help="predict W+ (one w per generator layer)")
-    m.add_argument("--layers", type=positive_int, default=8)
-    m.add_argument("--hidden", type=positive_int, default=512)
-    m.add_argument("--seg-weight", type=float, default=0.0, help="parser cross-entropy of G(w) vs the mask")
-    m.add_argument("--attr-weight", type=float, default=0.0,
-                   help="attribute classifier's BCE of G(w) vs the sample's attributes")
-    m.add_argument("--init", default=None, metavar="MAPPING_NET",
-                   help="fine-tune this exported MappingNet (same shape) instead of starting fresh")
-    m.add_argument("--seg-batch", type=positive_int, default=8, help="samples per step through the generator")
-    m.add_argument("--weights", default=None, help="weights directory for --seg/--attr-weight and --wplus (default shipped)")
-    m.add_argument("--export", default=None, help="where to write mapping_net.safetensors")
-    m.add_argument("--seed", type=seed_int, default=0)
-    m.add_argument("--threads", type=positive_int, default=None)
-    m.add_argument("--resume", action="store_true")
-    m.set_defaults(func=_train_mapping)
 
 
 def register(sub) -> None:
@@ -159,16 +128,4 @@ def _mapping_data(a) -> int:
     out = generate_mapping_data(a.out, a.num, a.weights, a.seed, a.truncation, a.chunk, a.shard,
                                 source=a.source, renders=a.renders)
     print(f"mapping data (shard {a.shard[0]}/{a.shard[1]}) in {out}")
-    return 0
-
-
-def _train_mapping(a) -> int:
-    from ..train.mapping import MappingTrainOptions, train_mapping
-
-    mods = [m.strip() for m in a.modalities.split(",") if m.strip()]
-    opts = MappingTrainOptions(data=a.data, out=a.out, steps=a.steps, minutes=a.minutes, batch=a.batch, lr=a.lr,
-                               text_noise_std=a.text_noise, drop_prob=a.drop_prob, modalities=mods, wplus=a.wplus,
-                               layers=a.layers, hidden=a.hidden, seg_weight=a.seg_weight, weights=a.weights,
-                               attr_weight=a.attr_weight, seg_batch=a.seg_batch, init=a.init, seed=a.seed, threads=a.threads, resume=a.resume)
-    train_mapping(opts, export_to=a.export)
     return 0

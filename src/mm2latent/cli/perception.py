@@ -1,10 +1,8 @@
-"""Perception commands: ``parse``, ``attributes``, ``coeffs``, ``eval perception``,
-and the ``train`` sub-verbs ``parser``, ``analyzer``, ``mask-ae``, ``sketch-ae``, ``coeff-ae``.
+"""Perception commands: ``parse``, ``attributes``, ``coeffs`` and ``eval perception``.
 
-``register(sub)`` adds the top-level verbs (``parse``, ``attributes``,
-``coeffs``); :mod:`mm2latent.cli.eval` owns ``eval``. The ``train`` verb belongs to :mod:`mm2latent.cli.train`;
-it hooks the perception trainers in with :func:`register_train_subcommands`.
-Likewise another ``eval`` owner can call :func:`register_eval_subcommands`.
+``register(sub)`` adds the top-level verbs; :mod:`mm2latent.cli.eval` owns ``eval`` and hooks
+``eval perception`` in with :func:`register_eval_subcommands`. The perception trainers are
+``train parser|analyzer|mask-ae|sketch-ae|coeff-ae`` in :mod:`mm2latent.cli.train`.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import sys
 from pathlib import Path
 
 from ..common.errors import UserError
-from .argtypes import positive_float as _positive_float, seed_int
 from .argtypes import positive_int as _positive_int
 
 WEIGHTS_HELP = "directory of perception weights (default: the package's shipped mm2latent/weights/)"
@@ -225,84 +222,6 @@ def _summary(r: dict) -> str:
         mae = r["coeff_ae"]["mae"]
         lines.append(f"coeff AE yaw MAE {mae['yaw']:.3f} deg, smile MAE {mae['smile']:.4f}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- train sub-verbs
-
-TRAIN_VERBS = {
-    "parser": ("parser", "face parser (image -> 19-class label map)"),
-    "analyzer": ("analyzer", "attribute classifier + pose/expression/shape regressor"),
-    "mask-ae": ("mask_ae", "mask autoencoder (19-class one-hot -> 512-d)"),
-    "sketch-ae": ("sketch_ae", "sketch autoencoder (edge map -> 512-d)"),
-    "coeff-ae": ("coeff_ae", "coefficient autoencoder (13 -> 512-d)"),
-}
-
-
-def register_train_subcommands(models) -> None:
-    """Add the perception trainers to the ``train`` verb's sub-parsers."""
-    for verb, (task, what) in TRAIN_VERBS.items():
-        s = models.add_parser(
-            verb, help=f"train the {what}",
-            description=f"Train the {what} on a world cache. Checkpoints go to RUN_DIR/checkpoints every "
-            "--ckpt-minutes (atomic; the last two kept); --resume continues exactly; the float16 weights are "
-            f"written to --export (default RUN_DIR/{task}.safetensors) at the end.")
-        s.add_argument("--data", required=True, metavar="CACHE_DIR",
-                       help="world cache (mm2latent world cache ...) or 'world' to render on the fly (slow)")
-        s.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
-        s.add_argument("--minutes", type=_positive_float, default=None,
-                       help="total wall-clock budget of the run in minutes, counted across resumes")
-        s.add_argument("--steps", type=_positive_int, default=None, help="total number of steps")
-        s.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR (starts fresh if it has none)")
-        s.add_argument("--export", default=None, metavar="PATH", help="where to write the shipped weights (.safetensors)")
-        s.add_argument("--val", default=None, metavar="CACHE_DIR", help="validation cache, evaluated at each checkpoint")
-        s.add_argument("--val-limit", type=_positive_int, default=256, help="validation samples (default 256)")
-        s.add_argument("--batch", type=_positive_int, default=None, help="batch size (default per model)")
-        s.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default per model)")
-        s.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
-        s.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (default 50)")
-        s.add_argument("--seed", type=seed_int, default=0)
-        s.add_argument("--limit", type=_positive_int, default=None, help="train on the first N samples only")
-        s.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
-        if task in ("mask_ae", "sketch_ae"):
-            s.add_argument("--augment-p", type=float, default=0.5, metavar="P",
-                           help="probability of each input augmentation per sample (default 0.5)")
-        s.add_argument("--model-config", type=_json_object, default={}, metavar="JSON",
-                       help="model config overrides, e.g. '{\"base\": 16, \"depth\": 4}'")
-        s.add_argument("--init", default=None, metavar="WEIGHTS",
-                       help=f"start from exported {task} weights (e.g. the shipped ones) instead of random ones; "
-                       "the architecture comes from the file")
-        if task in ("parser", "mask_ae"):
-            s.add_argument("--class-weight-power", type=float, default=0.5, metavar="P",
-                           help="cross-entropy class weights freq**-P (default 0.5: small parts learn early but are "
-                           "over-drawn; 0: plain cross-entropy, for fine-tuning towards unbiased boundaries)")
-        if task == "mask_ae":
-            s.add_argument("--lovasz-weight", type=float, default=0.0, metavar="W",
-                           help="add W x the Lovász-softmax loss, a surrogate of per-class IoU (default 0: off)")
-        if task in ("mask_ae", "sketch_ae"):
-            s.add_argument("--freeze-encoder", action="store_true",
-                           help="with --init: train only the decoder, keeping the encoder (and the embeddings "
-                           "MappingNet was trained on) bit-identical; --model-config may then set dec_base, "
-                           "dec_max_width, heads, refine, refine2, refine2_layers")
-        s.add_argument("--ckpt-minutes", type=_positive_float, default=5.0, help="checkpoint interval (default 5)")
-        s.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-        s.set_defaults(func=_train, perception_task=task)
-
-
-def _train(args) -> int:
-    from ..train.perception import PerceptionTrainOptions, train_perception
-
-    opts = PerceptionTrainOptions(
-        task=args.perception_task, data=args.data, out=args.out, steps=args.steps, minutes=args.minutes,
-        batch=args.batch, lr=args.lr, schedule=args.schedule, warmup=args.warmup, augment=not args.no_augment,
-        augment_p=getattr(args, "augment_p", 0.5), seed=args.seed, limit=args.limit, val=args.val,
-        val_limit=args.val_limit, ckpt_minutes=args.ckpt_minutes,
-        model=args.model_config, export=args.export, threads=args.threads, init=args.init,
-        freeze_encoder=getattr(args, "freeze_encoder", False),
-        class_weight_power=getattr(args, "class_weight_power", 0.5),
-        lovasz_weight=getattr(args, "lovasz_weight", 0.0),
-    )
-    train_perception(opts, resume=args.resume)
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

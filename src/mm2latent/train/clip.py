@@ -53,17 +53,19 @@ TRAIN_KIND = "clip-train"
 
 @dataclass
 class CLIPTrainOptions:
+    """A CLIP/FaRL encoder training run (configs/clip.toml)."""
+
     data: str                 # a world cache directory (mm2latent world cache)
     out: str                  # run directory
     steps: int = 3000
     batch: int = 128
     lr: float = 5e-4
     weight_decay: float = 0.1
-    warmup: int = 150
+    warmup: int = 150  # linear warm-up steps
     seed: int = 0
-    ckpt_every: int = 250
+    ckpt_every: int = 250  # steps
     minutes: float | None = None   # stop (with a checkpoint) after this much wall time
-    config: str | dict = "world_small"   # a CLIPConfig preset name, or fields overriding world_small
+    config: str | dict = "world_small"   # a CLIPConfig preset (world_small, farl_vit_b16), or fields overriding world_small
     hard_negatives: bool = False         # add one attribute-flipped caption per image as a negative
     attr_weight: float = 0.0             # shared attribute head on image and text embeddings (see module doc)
     init: str | None = None              # start from this exported CLIP (weights and config)

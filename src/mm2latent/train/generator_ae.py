@@ -17,8 +17,7 @@ Losses (generator + encoder):
     L1(x_rec, x) + kl_weight * KL + seg_weight * CE(parser(x_rec), mask)
     + attr_weight * BCE(analyzer_attr(x_rec), attributes) + coeff_weight * MSE(analyzer_coeffs(x_rec), coeffs)
     + adv_weight * [softplus(-D(x_rec)) + softplus(-D(G(z_prior)))]
-    (+ seg_freq_weight * class shares of reconstructions vs masks, and in synthesis-only phases
-    sample_share_weight * class shares of samples from the latent prior vs the training masks)
+    (+ seg_freq_weight * class shares of reconstructions vs masks)
 Discriminator: non-saturating logistic loss with lazy R1 on reals.
 
 Checkpoints (all weights, optimisers, RNG states, data position, elapsed
@@ -46,18 +45,18 @@ from .stylegan2 import DataOrder, pick_device
 TRAIN_KIND = "generator-ae-train"
 #: default softmax temperature of :func:`class_share_loss` (1 = the parser's own probabilities; -> 0 = argmax)
 SEG_FREQ_TEMPERATURE = 0.5
-#: weight of this step's samples in the running class shares of the sample-share term
-SAMPLE_SHARE_MOMENTUM = 0.1
 
 
 @dataclass
 class GeneratorAEOptions(ckpt.OptionsDict):
-    out: str
-    data: str = "runs/cache_train128"
+    """A generator-AE training phase (configs/generator_ae.toml; stored in every checkpoint)."""
+
+    out: str  # run directory
+    data: str = "runs/cache_train128"  # world cache (mm2latent world cache)
     batch: int = 16
-    prior_batch: int = 8
+    prior_batch: int = 8  # unconditional samples from the prior per step (for the discriminator)
     steps: int | None = None
-    minutes: float | None = None
+    minutes: float | None = None  # wall-clock budget, counted across resumes
     z_dim: int = 256
     w_dim: int = 256
     mapping_layers: int = 4
@@ -66,8 +65,8 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     enc_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256])
     lr: float = 0.002
     enc_lr: float = 0.0005  # plain (not equalised-LR) convolutions: Adam at the generator's rate made KL spike
-    kl_weight: float = 2.5e-4
-    seg_weight: float = 0.1
+    kl_weight: float = 2.5e-4  # KL of the encoder's posterior to N(0, I)
+    seg_weight: float = 0.1  # parser cross-entropy of reconstructions against the render's mask
     #: frozen attribute/pose analyzer on reconstructions vs the renderer's truth: BCE over the world's
     #: attributes (attr_weight) and MSE over the normalised coefficients (coeff_weight). The gradient
     #: runs through synthesis *and* mapping/encoder, so w must carry what L1 barely rewards (smile,
@@ -75,19 +74,19 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     attr_weight: float = 0.0
     coeff_weight: float = 0.0
     analyzer: str | None = None  # analyzer weights; None = the shipped analyzer
-    adv_weight: float = 0.05
+    adv_weight: float = 0.05  # StyleGAN2 generator loss on reconstructions and prior samples
     adv_start: int = 300  # steps of pure reconstruction before the adversarial terms
     adv_every: int = 2  # lazy adversarial terms: every k-th step, weight scaled by k (halves D cost on CPU)
     r1_gamma: float = 1.0
-    r1_every: int = 16
-    ema_kimg: float = 5.0
+    r1_every: int = 16  # lazy R1 interval (steps)
+    ema_kimg: float = 5.0  # EMA half-life of generator and encoder
     seed: int = 0
     parser: str | None = None  # parser weights; None = the shipped parser; "" = no segmentation loss
-    ckpt_minutes: float = 5.0
+    ckpt_minutes: float = 5.0  # checkpoint interval
     ckpt_every: int = 0  # steps; 0 = by time only
-    sample_every: int = 250
-    threads: int | None = None
-    resume: bool = False
+    sample_every: int = 250  # steps between sample grids
+    threads: int | None = None  # torch CPU threads
+    resume: bool = False  # continue the run in --out from its latest checkpoint
     #: train the synthesis network only: encoder (EMA) and mapping stay fixed, so every latent already
     #: derived from them (MappingNet's training targets, saved inversions) keeps its meaning while the
     #: decoder is sharpened (adversarial fine-tuning); no prior samples in this phase
@@ -115,22 +114,6 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     #: A part the parser is unsure of (a faint earring at p = 0.4) counts 0.4 of its pixels at
     #: temperature 1 but none under argmax, so a soft share can be met while the argmax share falls short
     seg_freq_temperature: float = SEG_FREQ_TEMPERATURE
-    #: weight of the class-share term per image (:func:`image_share_loss`, same temperature): each
-    #: reconstruction's share of each class against its own mask's, so a speck of a rare class where
-    #: none belongs costs as much as drawing it too small where it does. Measured (stop 32): it lifts an
-    #: overfit to renders that all wear earrings, but on the whole world it taught the synthesis to leave
-    #: uncertain earrings out (git show e566078:docs/reports/generator_image_share_not_shipped.json); not used
-    #: by a shipped phase
-    image_share_weight: float = 0.0
-    #: synthesis-only phases: weight of the class-share term on *unconditional samples*. ``prior_batch``
-    #: latents a step are drawn from the latent prior (``latent_prior``: a latent_prior.safetensors file;
-    #: None = the shipped one), decoded and parsed, and the running share of each class over those
-    #: samples (EMA, momentum SAMPLE_SHARE_MOMENTUM; the gradient flows through this step's part) is
-    #: pulled towards the training masks' share. Reconstructions can match the masks while samples do
-    #: not: a latent drawn between two hat latents decodes to half a hat. The samples also meet the
-    #: discriminator, as prior samples do in the autoencoder phase
-    sample_share_weight: float = 0.0
-    latent_prior: str | None = None
     #: extra factor on the parser cross-entropy weight of named classes ("ear_r=8,neck_l=4"), on top of
     #: --seg-balance: a targeted push for parts the synthesis under-draws, leaving the others' balance alone
     seg_class_boost: str = ""
@@ -155,7 +138,7 @@ class GeneratorAEOptions(ckpt.OptionsDict):
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
                  "adv_start", "adv_weight", "seg_weight", "kl_weight", "freeze_latents", "attr_weight", "coeff_weight",
                  "analyzer", "d_warmup", "seg_balance", "device", "seg_freq_weight",
-                 "seg_freq_temperature", "sample_share_weight", "image_share_weight", "seg_class_boost",
+                 "seg_freq_temperature", "seg_class_boost",
                  "latent_attr_weight", "w_anchor_weight")
 
     def validate(self) -> None:
@@ -168,17 +151,11 @@ class GeneratorAEOptions(ckpt.OptionsDict):
         if self.d_warmup < 0 or not (0.0 <= self.seg_balance <= 1.0):
             raise UserError("--d-warmup must be >= 0 and --seg-balance in [0, 1]")
         for name in ("kl_weight", "seg_weight", "adv_weight", "r1_gamma", "attr_weight", "coeff_weight",
-                     "seg_freq_weight", "image_share_weight"):
+                     "seg_freq_weight"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0")
         if not self.seg_freq_temperature > 0:
             raise UserError("--seg-freq-temperature must be > 0")
-        if self.sample_share_weight < 0:
-            raise UserError("--sample-share-weight must be >= 0")
-        if self.sample_share_weight > 0 and not (self.freeze_latents and self.prior_batch >= 1
-                                                 and self.seg_weight > 0 and self.parser != ""):
-            raise UserError("--sample-share-weight needs --freeze-latents, --prior-batch >= 1 and the parser "
-                            "(--seg-weight > 0)")
         from ..world.attributes import parse_attribute_list
 
         boost_factors(self.seg_class_boost)
@@ -241,10 +218,9 @@ def resized_for(x: torch.Tensor, judge: torch.nn.Module) -> torch.Tensor:
 def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict[str, float], *,
                  seg_weight: float, attr_weight: float, coeff_weight: float, seg_freq_weight: float = 0.0,
                  seg_class_weights: torch.Tensor | None = None,
-                 seg_freq_temperature: float = SEG_FREQ_TEMPERATURE, image_share_weight: float = 0.0) -> torch.Tensor:
+                 seg_freq_temperature: float = SEG_FREQ_TEMPERATURE) -> torch.Tensor:
     """The frozen judges' losses on reconstructions against the renderer's truth in ``batch``:
     ``seg_weight`` x parser cross-entropy (mask), ``seg_freq_weight`` x :func:`class_share_loss`,
-    ``image_share_weight`` x :func:`image_share_loss`,
     ``attr_weight`` x analyzer attribute BCE, ``coeff_weight`` x analyzer coefficient MSE; each
     term's value goes into ``stats``. ``seg_class_weights`` (19,) weighs the parser cross-entropy per class."""
     loss = x_rec.new_zeros(())
@@ -260,10 +236,6 @@ def judge_losses(x_rec: torch.Tensor, batch: dict, parser, analyzer, stats: dict
             freq = class_share_loss(logits, mask, temperature=seg_freq_temperature)
             loss = loss + seg_freq_weight * freq
             stats["seg_freq"] = freq.item()
-        if image_share_weight > 0:
-            per_image = image_share_loss(logits, mask, temperature=seg_freq_temperature)
-            loss = loss + image_share_weight * per_image
-            stats["image_share"] = per_image.item()
     if analyzer is not None:
         attr_logits, coeffs = analyzer(resized_for(x_rec, analyzer))
         if attr_weight > 0:
@@ -287,17 +259,6 @@ def class_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: floa
     return log_share_gap(pred, truth, eps)
 
 
-def image_share_loss(logits: torch.Tensor, mask: torch.Tensor, temperature: float = SEG_FREQ_TEMPERATURE,
-                     eps: float = 1e-4) -> torch.Tensor:
-    """:func:`class_share_loss` per image, averaged over the batch: each image's parsed share of each
-    class against its own mask's. The batch-level term is met as well by specks of a rare class
-    where none belongs as by drawing it full size where it does (what reconstructions did with
-    earrings: 1.5x as many images holding one, half the size each); per image, both cost."""
-    pred = F.softmax(logits / temperature, dim=1).mean(dim=(2, 3))  # (N, C)
-    truth = F.one_hot(mask.reshape(len(mask), -1), pred.shape[1]).to(pred.dtype).mean(1)  # (N, C)
-    return log_share_gap(pred, truth, eps).mean()
-
-
 def soft_class_shares(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """(C,) share of each class over all pixels of parser ``logits`` (N, C, H, W), softmax at ``temperature``."""
     return F.softmax(logits / temperature, dim=1).mean(dim=(0, 2, 3))
@@ -305,7 +266,7 @@ def soft_class_shares(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def log_share_gap(pred: torch.Tensor, truth: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """sum_c (log(eps + pred_c) - log(eps + truth_c))**2 over the last (class) dimension: the
-    class-share terms' distance; shares (C,) give a scalar, per-image shares (N, C) one per image."""
+    class-share term's distance."""
     return (torch.log(pred + eps) - torch.log(truth + eps)).square().sum(-1)
 
 
@@ -357,21 +318,6 @@ class GeneratorAETrainer:
         if opts.w_anchor_weight > 0:
             self.anchor_E = ImageEncoder(self.E.config).requires_grad_(False).eval()
             self.anchor_mapping = Generator(cfg).mapping.requires_grad_(False).eval()
-        self.latent_prior = None
-        #: sample-share term: the training masks' class shares (target) and the samples' running shares
-        self.mask_shares = self.sample_shares = None
-        if opts.sample_share_weight > 0:
-            from ..models.registry import default_weights_dir, load_module_file
-
-            path = opts.latent_prior or default_weights_dir() / "latent_prior.safetensors"
-            self.latent_prior = load_module_file(path, "latent_prior").requires_grad_(False)
-            if self.latent_prior.config.dim != opts.w_dim:
-                raise UserError(f"latent prior {path} draws {self.latent_prior.config.dim}-d latents; "
-                                f"the generator's w is {opts.w_dim}-d")
-            from .perception import mask_class_shares
-
-            self.mask_shares = torch.from_numpy(mask_class_shares(self.data, min(len(self.data), 2000))).float()
-            self.sample_shares = self.mask_shares.clone()
         #: the "training" record of the --init weights (their history: steps, kimg, minutes, phases);
         #: empty without --init. Kept in checkpoints, so a resume never re-reads the init directory
         self.init_training: dict[str, Any] = {}
@@ -381,15 +327,12 @@ class GeneratorAETrainer:
                 self.anchor_E.load_state_dict(self.E_ema.state_dict())
                 self.anchor_mapping.load_state_dict(self.G_ema.mapping.state_dict())
         self.device = dev = pick_device(opts.device)
-        # the latent prior stays on the CPU: it draws from the CPU generator, the same stream on any device
         for m in (self.G, self.D, self.G_ema, self.E, self.E_ema, self.parser, self.analyzer, self.latent_head,
                   self.anchor_E, self.anchor_mapping):
             if m is not None:
                 m.to(dev)
         if self.seg_class_weights is not None:
             self.seg_class_weights = self.seg_class_weights.to(dev)
-        if self.mask_shares is not None:
-            self.mask_shares, self.sample_shares = self.mask_shares.to(dev), self.sample_shares.to(dev)
         betas = (0.5, 0.99)
         self.optG = torch.optim.Adam([{"params": list(self.G.parameters())},
                                       {"params": list(self.E.parameters()), "lr": opts.enc_lr}]
@@ -452,16 +395,8 @@ class GeneratorAETrainer:
         loss = loss + judge_losses(x_rec, b, self.parser, self.analyzer, stats, seg_weight=o.seg_weight,
                                    attr_weight=o.attr_weight, coeff_weight=o.coeff_weight,
                                    seg_freq_weight=o.seg_freq_weight, seg_class_weights=self.seg_class_weights,
-                                   seg_freq_temperature=o.seg_freq_temperature,
-                                   image_share_weight=o.image_share_weight)
+                                   seg_freq_temperature=o.seg_freq_temperature)
         x_pri = None
-        if o.sample_share_weight > 0:  # unconditional samples: w from the latent prior
-            with torch.no_grad():
-                w_pri = self.latent_prior.sample(o.prior_batch).to(dev)
-            x_pri = G.synthesis(G.broadcast(w_pri), noise_mode="random")
-            share = self.sample_share_step(self.parser(resized_for(x_pri, self.parser)))
-            loss = loss + o.sample_share_weight * share
-            stats["sample_share"] = share.item()
         if adv_on:
             adv = F.softplus(-D(x_rec)).mean()
             if o.prior_batch and not o.freeze_latents:
@@ -512,15 +447,6 @@ class GeneratorAETrainer:
         self.stats = stats
         return stats
 
-    def sample_share_step(self, logits: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-        """The sample-share loss for parser ``logits`` of this step's samples: sum over classes of
-        (log running share - log mask share)**2, the running share being an EMA over steps (one batch
-        of 8 holds a hat in under one sample on average; its own shares are too noisy to aim at)."""
-        pred = soft_class_shares(logits, self.opts.seg_freq_temperature)
-        running = (1 - SAMPLE_SHARE_MOMENTUM) * self.sample_shares + SAMPLE_SHARE_MOMENTUM * pred
-        self.sample_shares = running.detach()
-        return log_share_gap(running, self.mask_shares, eps)
-
     # ------------------------------------------------------------------ state
 
     def state_modules(self) -> list[tuple[str, torch.nn.Module]]:
@@ -543,8 +469,6 @@ class GeneratorAETrainer:
             tensors.update(t)
             meta["optim"][name] = m
         tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors(self.device).items()})
-        if self.sample_shares is not None:
-            tensors["sample_shares"] = self.sample_shares.detach().cpu()
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -561,8 +485,6 @@ class GeneratorAETrainer:
         self.elapsed = float(meta["elapsed"])
         self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
         ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, self.device)
-        if self.sample_shares is not None and "sample_shares" in tensors:
-            self.sample_shares = tensors["sample_shares"].to(self.sample_shares)
         if "init_training" in meta:
             self.init_training = dict(meta["init_training"] or {})
         elif self.opts.init is not None:  # a checkpoint written before the init's record was carried
@@ -662,11 +584,10 @@ def legacy_init_training(opts: GeneratorAEOptions) -> dict[str, Any]:
 PHASE_FLAGS = (("freeze_latents", "--freeze-latents"), ("adv_start", "--adv-start"), ("d_warmup", "--d-warmup"),
                ("adv_weight", "--adv-weight"), ("kl_weight", "--kl-weight"), ("seg_weight", "--seg-weight"),
                ("seg_balance", "--seg-balance"), ("seg_freq_weight", "--seg-freq-weight"),
-               ("seg_freq_temperature", "--seg-freq-temperature"), ("sample_share_weight", "--sample-share-weight"),
-               ("image_share_weight", "--image-share-weight"), ("seg_class_boost", "--seg-class-boost"),
+               ("seg_freq_temperature", "--seg-freq-temperature"), ("seg_class_boost", "--seg-class-boost"),
                ("latent_attrs", "--latent-attrs"), ("latent_attr_weight", "--latent-attr-weight"),
                ("w_anchor_weight", "--w-anchor-weight"),
-               ("latent_prior", "--latent-prior"), ("prior_batch", "--prior-batch"),
+               ("prior_batch", "--prior-batch"),
                ("attr_weight", "--attr-weight"), ("coeff_weight", "--coeff-weight"),
                ("lr", "--lr"), ("batch", "--batch"), ("seed", "--seed"), ("steps", "--steps"),
                ("minutes", "--minutes"), ("threads", "--threads"))
@@ -713,7 +634,7 @@ def training_record(trainer: GeneratorAETrainer) -> dict[str, Any]:
                                             + (", adversarial sharpening" if o.adv_weight > 0 else ", no discriminator")
                                             if o.freeze_latents else "autoencoder"),
               "losses": {k: getattr(o, k) for k in ("kl_weight", "seg_weight", "seg_balance", "seg_freq_weight",
-                                                    "seg_freq_temperature", "sample_share_weight", "image_share_weight", "attr_weight",
+                                                    "seg_freq_temperature", "attr_weight",
                                                     "coeff_weight", "adv_weight", "seg_class_boost", "latent_attrs",
                                                     "latent_attr_weight", "w_anchor_weight")},
               "phases": phases}

@@ -30,9 +30,7 @@ optimisers, RNG, data position) from its newest checkpoint.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +46,7 @@ from ..world.cache import CachedWorldDataset
 from ..world.code import CODE_DIM, world_codes
 from ..world.dataset import SPLIT_SEEDS
 from . import state as ckpt
+from .recipe import build_options
 from .stylegan2 import AUGMENTS, DataOrder, diff_augment, pick_device
 
 TRAIN_KIND = "world-generator-train"
@@ -61,34 +60,30 @@ STAGE_KEYS = {"adversarial": ("l1_adversarial", "adv_weight", "r1_gamma", "r1_ev
 class GeneratorRecipe(ckpt.OptionsDict):
     """A training recipe: everything that shapes the weights (stored in every checkpoint)."""
 
-    data: str = "runs/cache_train128"
-    # generator / discriminator: widths from 4 px up to ``resolution``
+    data: str = "runs/cache_train128"  # world cache of the train split (mm2latent world cache)
     resolution: int = 128
-    channels: list[int] = field(default_factory=lambda: [256, 256, 128, 64, 32, 24])
-    d_channels: list[int] = field(default_factory=lambda: [128, 128, 64, 32, 16, 16])
+    channels: list[int] = field(default_factory=lambda: [256, 256, 128, 64, 32, 24])  # generator, 4 px .. resolution
+    d_channels: list[int] = field(default_factory=lambda: [128, 128, 64, 32, 16, 16])  # discriminator, 4 px .. resolution
     w_dim: int = 256
-    mapping_layers: int = 4
+    mapping_layers: int = 4  # depth of the conditional mapping (world code -> w)
     lr_mlp: float = 0.01  # mapping learning-rate multiplier (StyleGAN's 0.01 all but freezes a conditional mapping)
-    # schedule, in thousands of images
     batch: int = 16
-    supervised_kimg: float = 100.0
-    adversarial_kimg: float = 500.0
-    encoder_kimg: float = 200.0
+    supervised_kimg: float = 100.0  # stage 1, thousands of images: L1 only
+    adversarial_kimg: float = 500.0  # stage 2: L1 + StyleGAN2 loss
+    encoder_kimg: float = 200.0  # stage 3: the image encoder (image -> world code), generator frozen
     lr: float = 0.002
     g_beta1_supervised: float = 0.0  # Adam beta1 of G in the supervised stage (adversarial: 0, as StyleGAN2)
-    ema_kimg: float = 5.0
+    ema_kimg: float = 5.0  # EMA half-life of G_ema
     ema_rampup: float = 0.05
-    # L1 weights at full, half and quarter size
-    l1_supervised: list[float] = field(default_factory=lambda: [10.0, 50.0, 50.0])
-    l1_adversarial: list[float] = field(default_factory=lambda: [0.0, 50.0, 50.0])
-    adv_weight: float = 1.0
+    l1_supervised: list[float] = field(default_factory=lambda: [10.0, 50.0, 50.0])  # L1 at full, half, quarter size
+    l1_adversarial: list[float] = field(default_factory=lambda: [0.0, 50.0, 50.0])  # the same in stage 2
+    adv_weight: float = 1.0  # StyleGAN2 generator loss weight in stage 2
     r1_gamma: float = 0.5
-    r1_every: int = 16
-    augment: str = "translation"
-    # encoder (image -> world code)
+    r1_every: int = 16  # lazy R1 interval (steps)
+    augment: str = "translation"  # DiffAugment policy for the discriminator (comma list)
     encoder_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 256])
     encoder_lr: float = 0.001
-    encoder_w_weight: float = 1.0
+    encoder_w_weight: float = 1.0  # weight of the MSE in w (mapping of the code) beside the code's MSE
     seed: int = 0
 
     def validate(self) -> None:
@@ -131,23 +126,9 @@ class GeneratorRecipe(ckpt.OptionsDict):
         return self.stage_bounds()[-1][1]
 
 
-def load_recipe(path: str | Path) -> GeneratorRecipe:
-    """Read a TOML recipe; unknown keys are an error (a typo must not silently train something else)."""
-    p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text("utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"recipe not found: {p}") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"recipe {p} is not valid TOML: {e}") from None
-    flat: dict = {}
-    for k, v in raw.items():
-        flat.update(v if isinstance(v, dict) else {k: v})  # [sections] only group keys
-    names = {f.name for f in dataclasses.fields(GeneratorRecipe)}
-    unknown = sorted(set(flat) - names)
-    if unknown:
-        raise UserError(f"recipe {p}: unknown keys {unknown}")
-    recipe = GeneratorRecipe(**flat)
+def load_recipe(path: str | Path, overrides: dict | None = None) -> GeneratorRecipe:
+    """A TOML recipe (and command-line ``overrides``), validated; unknown keys are an error."""
+    recipe = build_options(GeneratorRecipe, path, overrides)
     recipe.validate()
     return recipe
 
@@ -156,16 +137,16 @@ def load_recipe(path: str | Path) -> GeneratorRecipe:
 class RunOptions:
     """How to run a recipe here (may change between resumes)."""
 
-    out: str
-    device: str = "auto"
-    amp: str = "none"  # none | bf16 | fp16 (autocast on the forward passes)
-    compile: bool = False
-    threads: int | None = None
-    minutes: float | None = None
-    steps: int | None = None  # stop after this global step (for tests and timed GPU calls)
-    ckpt_minutes: float = 5.0
-    ckpt_every: int = 0
-    sample_every: int = 1000
+    out: str  # run directory (resumed if it holds a run)
+    device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda
+    amp: str = "none"  # none | bf16 | fp16 (autocast on the forward passes; bf16 on recent GPUs)
+    compile: bool = False  # torch.compile the networks (about 1.7x on CPU)
+    threads: int | None = None  # torch CPU threads
+    minutes: float | None = None  # stop with a checkpoint after this many minutes
+    steps: int | None = None  # stop with a checkpoint at this global step (tests, timed GPU calls)
+    ckpt_minutes: float = 5.0  # checkpoint interval
+    ckpt_every: int = 0  # steps; 0 = by time only
+    sample_every: int = 1000  # steps between sample grids
 
 
 class WorldGeneratorTrainer:

@@ -42,13 +42,15 @@ TRAIN_KIND = "wplus-inverter-train"
 
 @dataclass
 class InverterOptions(ckpt.OptionsDict):
-    out: str
-    data: str = "runs/cache_train128"
+    """A W+ inverter training run (configs/wplus_inverter.toml; stored in every checkpoint)."""
+
+    out: str  # run directory
+    data: str = "runs/cache_train128"  # world cache (mm2latent world cache)
     weights: str | None = None  # generator + image_encoder to start from; None = shipped
     batch: int = 8  # world renders per step
     sample_batch: int = 4  # generator samples per step
     steps: int | None = None
-    minutes: float | None = None
+    minutes: float | None = None  # wall-clock budget, counted across resumes
     lr: float = 1e-3  # offset heads
     base_lr: float = 5e-5  # encoder + mapping copy (0 freezes the base code)
     pixel_weight: float = 1.0  # L1 + L2 at 1/4 resolution
@@ -58,16 +60,16 @@ class InverterOptions(ckpt.OptionsDict):
     latent_weight: float = 0.1  # MSE to the true w+ of generator samples
     offset_reg: float = 0.1  # mean square of the offsets
     progressive_steps: int = 100  # one more layer's offset every k steps (0 = all from the start)
-    mix_prob: float = 0.5
-    head_width: int = 128
+    mix_prob: float = 0.5  # probability of style-mixing the generator samples
+    head_width: int = 128  # width of the offset heads
     parser: str | None = None  # judge weights; None = shipped, "" = loss off
     analyzer: str | None = None
     seed: int = 0
-    ckpt_minutes: float = 5.0
-    ckpt_every: int = 0
-    sample_every: int = 500
-    threads: int | None = None
-    resume: bool = False
+    ckpt_minutes: float = 5.0  # checkpoint interval
+    ckpt_every: int = 0  # steps; 0 = by time only
+    sample_every: int = 500  # steps between sample grids
+    threads: int | None = None  # torch CPU threads
+    resume: bool = False  # continue the run in --out from its latest checkpoint
     #: start from an exported inverter (``wplus_inverter.safetensors``) instead of the W encoder with
     #: zero offsets -- e.g. to follow a generator whose synthesis was fine-tuned; every offset is then
     #: active from the first step (progressive_steps is ignored) and the architecture comes from the file

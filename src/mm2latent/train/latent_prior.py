@@ -9,9 +9,49 @@ as ``latent_prior.safetensors``, which ``mm2latent sample`` and the Pipeline dra
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..common.errors import UserError
+
+
+@dataclass
+class LatentPriorOptions:
+    """What ``mm2latent train latent-prior`` fits (configs/latent_prior.toml)."""
+
+    data: str  # world cache of training renders
+    out: str  # output .safetensors (e.g. WEIGHTS/latent_prior.safetensors)
+    weights: str | None = None  # weights directory with generator + image_encoder (none: shipped)
+    num: int = 20000  # renders to encode (at most the cache)
+    #: 1: one Gaussian; K > 1: a mixture of K full-covariance Gaussians (EM), which keeps rare modes
+    #: such as hats and truncates each sample towards its own component's mean
+    components: int = 1
+    #: world attributes (e.g. Wearing_Hat,Eyeglasses) whose combinations each get their own share of
+    #: the components, fitted to their renders only, weighted by how often they occur: rare
+    #: accessories are then sampled as often as they are rendered
+    stratify: list[str] = field(default_factory=list)
+    seed: int = 0  # seed of the mixture's k-means++ start
+    threads: int | None = None  # torch CPU threads
+
+    def validate(self) -> None:
+        if self.num <= 0 or self.components < 1:
+            raise UserError("--num and --components must be positive")
+        if Path(self.out).suffix != ".safetensors":
+            raise UserError(f"--out must be a .safetensors path, got {self.out}")
+
+
+def run_fit(opts: LatentPriorOptions):
+    """:func:`fit_latent_prior` for a recipe; returns (prior, renders used)."""
+    import torch
+
+    from ..common.fileio import check_output_file
+
+    opts.validate()
+    out = check_output_file(opts.out)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    return fit_latent_prior(opts.data, out, opts.weights, num=opts.num, components=opts.components,
+                            stratify=opts.stratify, seed=opts.seed)
 
 
 def fit_latent_prior(data: str | os.PathLike, out: str | os.PathLike, weights: str | os.PathLike | None = None,

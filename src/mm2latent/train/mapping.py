@@ -41,30 +41,32 @@ EMB_KEYS = {"text": "image_emb", "mask": "mask_emb", "sketch": "sketch_emb", "co
 
 @dataclass
 class MappingTrainOptions(ckpt.OptionsDict):
-    data: str
-    out: str
+    """A MappingNet training run (configs/mapping_net.toml; stored in every checkpoint)."""
+
+    data: str  # mapping data directory ('mm2latent mapping-data'), or "synthetic" for tests
+    out: str  # run directory
     steps: int = 4000
-    minutes: float | None = None
+    minutes: float | None = None  # wall-clock budget, counted across resumes
     batch: int = 256
     lr: float = 1e-3
-    text_noise_std: float = 0.04
-    drop_prob: float = 0.3
-    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))
-    wplus: bool = False
-    layers: int = 8
-    hidden: int = 512
+    text_noise_std: float = 0.04  # std of the noise on image embeddings (pseudo text)
+    drop_prob: float = 0.3  # per-modality dropout probability
+    modalities: list[str] = field(default_factory=lambda: list(MODALITIES))  # the controls MappingNet reads
+    wplus: bool = False  # predict W+ (one w per generator layer)
+    layers: int = 8  # MLP depth
+    hidden: int = 512  # MLP width
     dropout: float = 0.1
-    cos_weight: float = 1.0
-    seg_weight: float = 0.0
-    attr_weight: float = 0.0
+    cos_weight: float = 1.0  # weight of the cosine term beside L1 on w
+    seg_weight: float = 0.0  # parser cross-entropy of G(w) against the sample's mask
+    attr_weight: float = 0.0  # attribute classifier's BCE of G(w) against the sample's attributes
     seg_batch: int = 8  # samples per step that go through the generator for the image-space terms
     weights: str | None = None  # generator + parser/analyzer for the image-space terms (default: shipped)
     init: str | None = None  # start from this exported MappingNet (fine-tuning, e.g. with the image-space terms)
-    val_fraction: float = 0.05
+    val_fraction: float = 0.05  # share of the data held out for validation
     seed: int = 0
-    ckpt_minutes: float = 2.0
-    threads: int | None = None
-    resume: bool = False
+    ckpt_minutes: float = 2.0  # checkpoint interval
+    threads: int | None = None  # torch CPU threads
+    resume: bool = False  # continue the run in --out from its latest checkpoint
 
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "threads", "resume", "data", "weights")
 
@@ -75,7 +77,7 @@ class MappingTrainOptions(ckpt.OptionsDict):
         if self.steps is not None and self.steps < 1:
             raise UserError("--steps must be positive")
         if self.text_noise_std < 0 or not 0 <= self.drop_prob < 1:
-            raise UserError("--text-noise must be >= 0 and --drop-prob in [0, 1)")
+            raise UserError("--text-noise-std must be >= 0 and --drop-prob in [0, 1)")
         if self.batch < 2:
             raise UserError("--batch must be at least 2 (BatchNorm)")
         if self.seg_weight < 0 or self.attr_weight < 0 or self.seg_batch < 1:

@@ -66,30 +66,32 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class PerceptionTrainOptions:
-    task: str
-    data: str
-    out: str
-    steps: int | None = None
-    minutes: float | None = None
-    batch: int | None = None  # None: task default
-    lr: float | None = None  # None: task default
+    """A perception model's training run (configs/<task>.toml)."""
+
+    task: str  # parser | analyzer | mask_ae | sketch_ae | coeff_ae (the command sets it)
+    data: str  # world cache (mm2latent world cache ...) or 'world' to render on the fly (slow)
+    out: str  # run directory
+    steps: int | None = None  # total number of steps
+    minutes: float | None = None  # wall-clock budget, counted across resumes
+    batch: int | None = None  # none: the task's default
+    lr: float | None = None  # peak learning rate; none: the task's default
     schedule: str = "cosine"  # cosine | step | constant
-    warmup: int = 50
+    warmup: int = 50  # linear warm-up steps
     weight_decay: float = 0.0
-    augment: bool = True
+    augment: bool = True  # training augmentation
     #: mask/sketch AE: probability of each input augmentation (affine; blobby or rough strokes) per
     #: sample. Every augmented pair asks the AE to map rough input to a clean target, which costs
     #: clean-reconstruction accuracy; lower values trade robustness for clean fidelity
     augment_p: float = 0.5
     seed: int = 0
     limit: int | None = None  # use only the first N training samples
-    val: str | None = None  # validation cache for periodic metrics
-    val_limit: int = 256
-    ckpt_minutes: float = 5.0
-    log_every: int = 20
-    model: dict = field(default_factory=dict)  # model config overrides
-    export: str | None = None
-    threads: int | None = None
+    val: str | None = None  # validation cache, evaluated at each checkpoint
+    val_limit: int = 256  # validation samples
+    ckpt_minutes: float = 5.0  # checkpoint interval
+    log_every: int = 20  # steps between log lines
+    model: dict = field(default_factory=dict)  # model config overrides, e.g. {"base": 16, "depth": 4}
+    export: str | None = None  # where to write the float16 weights (default RUN_DIR/<task>.safetensors)
+    threads: int | None = None  # torch CPU threads
     init: str | None = None  # start from these exported weights (fine-tuning); the architecture comes from the file
     #: mask/sketch AE with --init: train the decoder only, the encoder (and so every embedding
     #: MappingNet was trained on) stays bit-identical; ``model`` may then widen the decoder
@@ -134,11 +136,11 @@ class PerceptionTrainOptions:
             other = sorted(set(self.model) - set(DECODER_FIELDS))
             if other:
                 raise UserError(f"with --freeze-encoder only the decoder may change ({', '.join(DECODER_FIELDS)}); "
-                                f"drop {', '.join(other)} from --model-config")
+                                f"drop {', '.join(other)} from --model")
         elif self.init is not None and self.model:
             other = sorted(set(self.model) - set(DECODER_FIELDS)) if self.task in FREEZABLE_TASKS else sorted(self.model)
             if other:
-                raise UserError("--init takes the architecture from the weights file; --model-config may only change "
+                raise UserError("--init takes the architecture from the weights file; --model may only change "
                                 f"the decoder of a mask/sketch AE ({', '.join(DECODER_FIELDS)}); drop {', '.join(other)}")
 
     def resolved(self) -> "PerceptionTrainOptions":

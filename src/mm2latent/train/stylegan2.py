@@ -321,19 +321,19 @@ def init_distributed(device: str = "auto") -> DistEnv:
 class TrainOptions(ckpt.OptionsDict):
     """Everything that defines a run (stored in every checkpoint)."""
 
-    out: str
+    out: str  # run directory
+    #: 'world' (render the Face World train split), a world cache directory (images.npy from
+    #: 'mm2latent world cache'), or a directory of PNG/JPEG images
     data: str = "world"
-    size: int = 128
+    size: int = 128  # image resolution, a power of two
     batch: int = 16  # global batch, split across ranks
-    kimg: float = 1000.0
-    # model
+    kimg: float = 1000.0  # train until this many thousand images
     z_dim: int = 512
     w_dim: int = 512
-    mapping_layers: int = 8
-    channel_base: int = 16384
+    mapping_layers: int = 8  # mapping network depth
+    channel_base: int = 16384  # width rule min(channel_base / resolution, channel_max)
     channel_max: int = 512
     channels: list[int] | None = None  # widths for 4, 8, ..., size (overrides base/max)
-    # optimisation
     lr: float = 0.0025
     r1_gamma: float | None = None  # None: 0.0002 * size^2 / batch (the official heuristic)
     r1_every: int = 16
@@ -344,16 +344,15 @@ class TrainOptions(ckpt.OptionsDict):
     mixing_prob: float = 0.9
     augment: str = ""  # comma list from translation,color,cutout
     seed: int = 0
-    world_length: int = 100_000
-    # bookkeeping (may change on resume)
+    world_length: int = 100_000  # Face World training-set size
     ckpt_every: int = 0  # steps; 0 = only by time and at the end
-    ckpt_minutes: float = 10.0
+    ckpt_minutes: float = 10.0  # checkpoint interval
     sample_every: int = 500  # steps; 0 = only at the end
-    minutes: float | None = None  # wall-clock budget for this invocation
-    resume: bool = False
-    device: str = "auto"
-    threads: int | None = None
-    grid: int = 16
+    minutes: float | None = None  # wall-clock budget for this invocation (continue with --resume)
+    resume: bool = False  # continue the run in --out from its latest checkpoint
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int | None = None  # torch CPU threads per process
+    grid: int = 16  # faces in each sample grid
 
     #: fields that may differ when a run is resumed
     RESUMABLE = ("out", "kimg", "ckpt_every", "ckpt_minutes", "sample_every", "minutes", "resume", "device",
@@ -370,7 +369,7 @@ class TrainOptions(ckpt.OptionsDict):
         if bad:
             raise UserError(f"unknown augmentation {bad[0]!r}; choose from {', '.join(AUGMENTS)}")
         if not 0 <= self.mixing_prob <= 1:
-            raise UserError("--mixing must be in [0, 1]")
+            raise UserError("--mixing-prob must be in [0, 1]")
         self.model_config()
 
     @property

@@ -20,7 +20,8 @@ from mm2latent.common.errors import UserError
 from mm2latent.train import stylegan2 as tr
 from mm2latent.train import state as st
 from mm2latent.train.state import list_checkpoints
-from mm2latent.train.stylegan2 import TRAIN_KIND, DataOrder, TensorSource, TrainOptions, diff_augment, train_stylegan2
+from mm2latent.train.state import DataOrder
+from mm2latent.train.stylegan2 import TRAIN_KIND, TensorSource, TrainOptions, diff_augment, train_stylegan2
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--size", "16", "--batch", "4", "--channels", "16,16,8", "--z-dim", "16", "--w-dim", "16",
@@ -277,6 +278,12 @@ def test_data_order_is_a_resumable_permutation():
     assert nxt == again and nxt != first[:4]
     o2 = DataOrder(10, seed=3)
     assert o2.take(7) + o2.take(7) == first + DataOrder(10, seed=3, epoch=1).take(4)
+    # the perception trainers' stream: the order their checkpoints were written with
+    from mm2latent.common.seeding import numpy_rng
+
+    perception = DataOrder(10, seed=3, stream=0xDA7A).take(13)
+    expected = list(numpy_rng(3, 0xDA7A, 0).permutation(10)) + list(numpy_rng(3, 0xDA7A, 1).permutation(10)[:3])
+    assert perception == [int(i) for i in expected] and perception[:10] != first
 
 
 def test_world_cache_directory_and_world_source(tmp_path):

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
 from mm2latent.eval.generator_world import laplacian_variance  # noqa: E402
 from mm2latent.models.stylegan2 import Generator  # noqa: E402
 from mm2latent.train.generator_world import WorldGeneratorTrainer, load_recipe  # noqa: E402
-from mm2latent.train.stylegan2 import DataOrder  # noqa: E402
+from mm2latent.train.state import DataOrder  # noqa: E402
 from mm2latent.world.cache import CachedWorldDataset  # noqa: E402
 from mm2latent.world.code import world_codes  # noqa: E402
 from mm2latent.world.dataset import SPLIT_SEEDS  # noqa: E402

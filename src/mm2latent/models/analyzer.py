@@ -37,7 +37,7 @@ from ..common.palette import NUM_CLASSES
 from ..world.attributes import NUM_ATTRIBUTES
 from ..world.params import COEFF_NAMES
 from .config import config_from_dict
-from .parser import conv_bn_relu
+from .blocks import conv_bn_relu
 
 KIND = "analyzer"
 

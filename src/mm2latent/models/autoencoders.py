@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ..common.palette import NUM_CLASSES
 from ..world.params import COEFF_NAMES
 from .config import config_from_dict
-from .parser import conv_bn_relu
+from .blocks import conv_bn_relu
 
 MASK_KIND = "mask_ae"
 SKETCH_KIND = "sketch_ae"

@@ -24,13 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..common.palette import NUM_CLASSES
+from .blocks import conv_bn_relu
 from .config import config_from_dict
 
 KIND = "parser"
-
-
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class DoubleConv(nn.Sequential):

@@ -47,7 +47,8 @@ from ..world.code import CODE_DIM, world_codes
 from ..world.dataset import SPLIT_SEEDS
 from . import state as ckpt
 from .recipe import build_options
-from .stylegan2 import AUGMENTS, DataOrder, diff_augment, pick_device
+from .state import DataOrder
+from .stylegan2 import AUGMENTS, diff_augment, pick_device
 
 TRAIN_KIND = "world-generator-train"
 STAGES = ("supervised", "adversarial", "encoder")

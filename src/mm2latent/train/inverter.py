@@ -35,7 +35,7 @@ from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.inversion import WPlusInverter, reconstruction_loss
 from . import state as ckpt
 from .generator_ae import frozen_judge, judge_losses
-from .stylegan2 import DataOrder
+from .state import DataOrder
 
 TRAIN_KIND = "wplus-inverter-train"
 

@@ -33,7 +33,7 @@ from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.mapping import MODALITIES, MappingNet, MappingNetConfig, w_loss
 from . import state as ckpt
 from .mapping_data import load_mapping_data
-from .stylegan2 import DataOrder
+from .state import DataOrder
 
 TRAIN_KIND = "mapping-net-train"
 EMB_KEYS = {"text": "image_emb", "mask": "mask_emb", "sketch": "sketch_emb", "coeffs": "coeff_emb"}

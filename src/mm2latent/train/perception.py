@@ -40,7 +40,6 @@ from ..common.checkpoint import load_checkpoint
 from ..common.errors import UserError
 from ..common.fileio import check_output_file, check_writable_dir
 from ..common.palette import NUM_CLASSES
-from ..common.seeding import numpy_rng
 from ..models.autoencoders import augment_mask_pair, augment_sketch_pair, random_affine, warp, warp_labels
 from ..models.registry import build_model, save_module
 from . import state as st
@@ -199,33 +198,6 @@ def open_data(spec: str, size: int = 128, limit: int | None = None):
     if not p.exists():
         raise UserError(f"data directory {p} does not exist (build one with `mm2latent world cache`)")
     return CachedWorldDataset(p, length=limit)
-
-
-class Sampler:
-    """Epoch-wise random order keyed by (seed, epoch); position is (epoch, cursor)."""
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, cursor: int = 0):
-        self.n, self.seed, self.epoch, self.cursor = n, seed, epoch, cursor
-        self._perm = None
-        self._perm_epoch = -1
-
-    def _perm_for(self, epoch: int) -> np.ndarray:
-        if self._perm_epoch != epoch:
-            self._perm = numpy_rng(self.seed, 0xDA7A, epoch).permutation(self.n)
-            self._perm_epoch = epoch
-        return self._perm
-
-    def take(self, count: int) -> np.ndarray:
-        out = []
-        while count > 0:
-            perm = self._perm_for(self.epoch)
-            k = min(count, self.n - self.cursor)
-            out.append(perm[self.cursor:self.cursor + k])
-            self.cursor += k
-            count -= k
-            if self.cursor >= self.n:
-                self.epoch, self.cursor = self.epoch + 1, 0
-        return np.concatenate(out)
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -572,7 +544,7 @@ class PerceptionTrainer:
                 m.requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
-        self.sampler = Sampler(len(self.data), opts.seed)
+        self.sampler = st.DataOrder(len(self.data), opts.seed, stream=0xDA7A)
         self.step = 0
         self.images_seen = 0
         self.elapsed = 0.0  # training wall-clock seconds, all sessions
@@ -634,7 +606,7 @@ class PerceptionTrainer:
         lr = o.lr * lr_factor(frac, self.step, o.warmup, o.schedule)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        idx = self.sampler.take(o.batch)
+        idx = np.asarray(self.sampler.take(o.batch))
         batch = self.data.batch(idx)
         gen = torch.Generator().manual_seed((o.seed * 1_000_003 + self.step) % (2**63))
         self.model.train()

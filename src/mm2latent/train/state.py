@@ -21,6 +21,7 @@ import torch
 
 from ..common.checkpoint import load_checkpoint, save_checkpoint
 from ..common.errors import UserError
+from ..common.seeding import numpy_rng
 
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.json$")
 
@@ -170,6 +171,37 @@ def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tens
 def load_module_tensors(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     sd = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     module.load_state_dict(sd, strict=True)
+
+
+class DataOrder:
+    """The sample order of every trainer: a fresh seeded permutation per epoch.
+
+    The position (epoch, cursor) fully determines what comes next, so it is all a checkpoint
+    needs to store. Every rank computes the same global batch and takes its own slice.
+    ``stream`` keys the permutations apart from the trainer's other random streams (the
+    perception trainers use their own, so that their runs resume on the order they started with).
+    """
+
+    def __init__(self, n: int, seed: int, epoch: int = 0, cursor: int = 0, stream: int = 0x5EED):
+        self.n, self.seed, self.epoch, self.cursor, self.stream = n, seed, epoch, cursor, stream
+        self._perm_epoch, self._perm = -1, None
+
+    def _perm_for(self, epoch: int) -> np.ndarray:
+        if self._perm_epoch != epoch:
+            self._perm = numpy_rng(self.seed, self.stream, epoch).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def take(self, count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            perm = self._perm_for(self.epoch)
+            k = min(count - len(out), self.n - self.cursor)
+            out.extend(int(i) for i in perm[self.cursor:self.cursor + k])
+            self.cursor += k
+            if self.cursor >= self.n:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return out
 
 
 class OptionsDict:

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..common.fileio import check_writable_dir, write_text_atomic
-from ..common.seeding import numpy_rng
 from ..common.imageio import make_grid
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, load_state_checked, save_generator
 from . import state as ckpt
+from .state import DataOrder
 from .state import warn as _warn
 
 TRAIN_KIND = "stylegan2-train"
@@ -188,36 +188,6 @@ def open_source(spec: str, size: int, world_length: int = 100_000) -> ImageSourc
     if (Path(spec) / "images.npy").is_file():
         return NpyImagesSource(spec, size)
     return PngFolderSource(spec, size)
-
-
-class DataOrder:
-    """Global sample order: a fresh seeded permutation per epoch.
-
-    The position (epoch, cursor) fully determines what comes next, so it is
-    all a checkpoint needs to store. Every rank computes the same global
-    batch and takes its own slice.
-    """
-
-    def __init__(self, n: int, seed: int, epoch: int = 0, cursor: int = 0):
-        self.n, self.seed, self.epoch, self.cursor = n, seed, epoch, cursor
-        self._perm_epoch, self._perm = -1, None
-
-    def _perm_for(self, epoch: int) -> np.ndarray:
-        if self._perm_epoch != epoch:
-            self._perm = numpy_rng(self.seed, 0x5EED, epoch).permutation(self.n)
-            self._perm_epoch = epoch
-        return self._perm
-
-    def take(self, count: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < count:
-            perm = self._perm_for(self.epoch)
-            k = min(count - len(out), self.n - self.cursor)
-            out.extend(int(i) for i in perm[self.cursor:self.cursor + k])
-            self.cursor += k
-            if self.cursor >= self.n:
-                self.epoch, self.cursor = self.epoch + 1, 0
-        return out
 
 
 # =========================================================================== DiffAugment

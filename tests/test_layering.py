@@ -1,6 +1,6 @@
 """The package's layers only import downwards, and no two modules import each other.
 
-Layers, lowest first: common < world < models < train < pipeline < eval < app < cli;
+Layers, lowest first: common < world < datasets < models < train < pipeline < eval < app < cli;
 ``mm2latent/__init__.py`` is the top and may import anything. Every ``import`` of
 ``mm2latent.*`` counts, absolute or relative, at module level or inside a function
 (a lazy import still ties the two modules together).
@@ -13,7 +13,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = "mm2latent"
-LAYERS = ("common", "world", "models", "train", "pipeline", "eval", "app", "cli")
+LAYERS = ("common", "world", "datasets", "models", "train", "pipeline", "eval", "app", "cli")
 #: top-level modules that are not a package of their own, placed between the layers
 LOOSE: dict[str, float] = {}
 

@@ -20,7 +20,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("mapping-data", help="sample the generator and derive MappingNet's training data",
+    p = sub.add_parser("mapping-data", help="derive MappingNet's training data from generator samples or real photos",
                        description="Sample w from the generator, synthesise, and store w with the parser mask, "
                        "sketch, coefficients, image embedding and control embeddings (format: "
                        "mm2latent.train.mapping_data). Resumable; shard with --shard i/n across processes.")
@@ -31,9 +31,15 @@ def register(sub) -> None:
     p.add_argument("--truncation", type=float, default=1.0)
     p.add_argument("--chunk", type=positive_int, default=256)
     p.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N")
-    p.add_argument("--source", default="prior", choices=("prior", "posterior"),
-                   help="z from N(0, I), or from the image encoder's posterior over --renders")
+    p.add_argument("--source", default="prior", choices=("prior", "posterior", "photos"),
+                   help="z from N(0, I), from the image encoder's posterior over --renders, or the inversions "
+                        "of real --photos (controls read off each photo)")
     p.add_argument("--renders", default=None, metavar="CACHE_DIR", help="world cache for --source posterior")
+    p.add_argument("--photos", default=None, metavar="ROOT",
+                   help="--source photos: a CelebAMask-HQ tree (CelebA-HQ-img/, CelebAMask-HQ-mask-anno/) or any "
+                        "folder of PNG/JPEG photos (FFHQ); --num caps how many")
+    p.add_argument("--captions", default=None, metavar="ROOT",
+                   help="--source photos: MM-CelebA-HQ captions (ROOT/text/<id>.txt); adds text_emb")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=_mapping_data)
     register_reembed(sub)
@@ -126,6 +132,6 @@ def _mapping_data(a) -> int:
     if not 0 <= a.truncation <= 2:
         raise UserError("--truncation must lie in [0, 2]")
     out = generate_mapping_data(a.out, a.num, a.weights, a.seed, a.truncation, a.chunk, a.shard,
-                                source=a.source, renders=a.renders)
+                                source=a.source, renders=a.renders, photos=a.photos, captions=a.captions)
     print(f"mapping data (shard {a.shard[0]}/{a.shard[1]}) in {out}")
     return 0

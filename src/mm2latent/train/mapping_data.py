@@ -13,6 +13,14 @@ Where z comes from (``source``):
   generator this is its aggregate posterior -- the region of z it was trained
   to decode -- so the images MappingNet learns from are on the generator's
   manifold even where its prior samples are not (see the generator report).
+* ``photos``: real photos (``photos``: a CelebAMask-HQ tree or any image folder,
+  :func:`mm2latent.datasets.open_photos`), the real-data route of the MM2Latent
+  paper: w_i is the inversion of photo i (image encoder, then mapping), and the
+  controls are read off the *photo* -- its annotated mask where the dataset has
+  one, else the parser's -- so MappingNet learns to reach real faces' latents
+  from real faces' controls. With ``captions`` (MM-CelebA-HQ ``text/<id>.txt``)
+  a ``text_emb`` array holds the embedding of one caption per photo, chosen by
+  (seed, i).
 
 On disk (``OUT/``): ``meta.json`` (count, chunk size, seed, truncation, the
 weights used, array names) and one ``chunk-XXXXX.npz`` per ``chunk`` samples
@@ -96,9 +104,53 @@ def posterior_z(encoder, renders, seed: int, start: int, stop: int) -> torch.Ten
     return mu + eps * (0.5 * logvar).exp()
 
 
+@torch.no_grad()
+def photo_chunk(G, encoder, controls, photos, seed: int, start: int, stop: int, with_captions: bool = False,
+                batch: int = 32) -> dict[str, np.ndarray]:
+    """The arrays of :func:`make_chunk` for photos start..stop-1 of a real dataset: z = the image
+    encoder's posterior mean, w = its mapping, controls read off the photo (the annotated mask
+    when there is one), plus ``text_emb`` of one caption per photo when ``with_captions``."""
+    from ..common.imageio import image_to_tensor
+    from ..models.controls import resize_labels
+
+    parts: dict[str, list] = {k: [] for k in ARRAYS + (("text_emb",) if with_captions else ())}
+    for a in range(start, stop, batch):
+        samples = [photos[i] for i in range(a, min(stop, a + batch))]
+        x = torch.stack([image_to_tensor(s.image) for s in samples])
+        x_enc = x if x.shape[-1] == encoder.config.size else torch.nn.functional.interpolate(
+            x, size=(encoder.config.size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        mu, _ = encoder(x_enc)
+        w = G.mapping(mu)
+        c = controls.derive(x)
+        mask = c["mask"]
+        for k, s in enumerate(samples):  # the annotation, where the dataset has one, over the parser's guess
+            if s.mask is not None:
+                mask[k] = resize_labels(torch.from_numpy(s.mask.astype(np.int64))[None], mask.shape[-1])[0]
+        parts["z"].append(mu.numpy())
+        parts["w"].append(w.numpy())
+        parts["image_emb"].append(c["image_emb"].numpy().astype(np.float16))
+        parts["mask_emb"].append(controls.embed_mask(mask).numpy().astype(np.float16))
+        parts["sketch_emb"].append(controls.embed_sketch(c["sketch"]).numpy().astype(np.float16))
+        parts["coeff_emb"].append(controls.embed_coeffs(c["coeffs"]).numpy().astype(np.float16))
+        parts["mask"].append(mask.numpy().astype(np.uint8))
+        parts["sketch"].append(c["sketch"][:, 0].numpy().astype(np.uint8))
+        parts["coeffs"].append(c["coeffs"].numpy().astype(np.float32))
+        parts["attributes"].append(c["attributes"].numpy().astype(np.float16))
+        if with_captions:
+            texts = []
+            for k, s in enumerate(samples):
+                if not s.captions:
+                    raise UserError(f"photo {s.key} has no captions under the --captions folder")
+                pick = np.random.default_rng([seed, a + k]).integers(len(s.captions))
+                texts.append(s.captions[int(pick)])
+            parts["text_emb"].append(controls.embed_text(texts).numpy().astype(np.float16))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None = None, seed: int = 0,
                           truncation: float = 1.0, chunk: int = 256, shard: tuple[int, int] = (0, 1),
-                          batch: int = 32, source: str = "prior", renders: str | None = None) -> Path:
+                          batch: int = 32, source: str = "prior", renders: str | None = None,
+                          photos: str | None = None, captions: str | None = None) -> Path:
     from ..models.registry import load_components
 
     if num < 1 or chunk < 1:
@@ -106,11 +158,22 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise UserError(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    if source not in ("prior", "posterior", "photos"):
+        raise UserError("--source must be 'prior', 'posterior' or 'photos'")
+    dataset = None
+    if source == "photos":
+        from ..datasets import open_photos
+
+        if not photos:
+            raise UserError("--source photos needs --photos ROOT (a CelebAMask-HQ tree or a folder of photos)")
+        dataset = open_photos(photos, captions=captions)
+        num = min(num, len(dataset))
+    elif captions:
+        raise UserError("--captions goes with --source photos")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if source not in ("prior", "posterior"):
-        raise UserError("--source must be 'prior' or 'posterior'")
-    comp = load_components(weights, need=("generator", "controls") + (("image_encoder",) if source == "posterior" else ()))
+    comp = load_components(weights, need=("generator", "controls")
+                           + (("image_encoder",) if source in ("posterior", "photos") else ()))
     G, controls = comp["generator"], comp["controls"]
     cache = None
     if source == "posterior":
@@ -119,8 +182,12 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
         if not renders:
             raise UserError("--source posterior needs --renders CACHE_DIR (world renders to encode)")
         cache = CachedWorldDataset(renders)
-    meta = {"num": num, "chunk": chunk, "seed": seed, "truncation": truncation, "arrays": list(ARRAYS),
+    if dataset is not None:
+        dataset.size = G.cfg.resolution  # photos at the generator's size, as its renders are
+    arrays = list(ARRAYS) + (["text_emb"] if captions else [])
+    meta = {"num": num, "chunk": chunk, "seed": seed, "truncation": truncation, "arrays": arrays,
             "source": source, "renders": str(renders) if renders else None,
+            "photos": str(photos) if photos else None, "captions": str(captions) if captions else None,
             "weights": str(weights or "shipped"), "z_dim": G.z_dim, "w_dim": G.w_dim,
             "generator": comp.get("generator_info", {})}
     mp = out / "meta.json"
@@ -137,8 +204,12 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
     bar = progress(total=len(todo) * chunk, desc=f"mapping data {i}/{n}", unit="face")
     for k in todo:
         a, b = k * chunk, min(num, (k + 1) * chunk)
-        z = chunk_z(seed, a, b, G.z_dim) if cache is None else posterior_z(comp["image_encoder"], cache, seed, a, b)
-        arrays = make_chunk(G, controls, z, truncation, batch)
+        if dataset is not None:
+            arrays = photo_chunk(G, comp["image_encoder"].eval(), controls, dataset, seed, a, b,
+                                 with_captions=bool(captions), batch=batch)
+        else:
+            z = chunk_z(seed, a, b, G.z_dim) if cache is None else posterior_z(comp["image_encoder"], cache, seed, a, b)
+            arrays = make_chunk(G, controls, z, truncation, batch)
         with atomic_path(out / f"chunk-{k:05d}.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)

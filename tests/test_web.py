@@ -89,20 +89,45 @@ def test_app_callbacks(tiny_weights, tmp_path):
     app = App(Pipeline.from_pretrained(tiny_weights), out_dir=tmp_path)
     ed = app.template("bald")
     assert ed["background"].shape == (384, 384, 3)
-    img, parsed, status, files = app.generate("a man", True, ed, True, None, False, {"yaw": 5.0}, True, 3, 1.0)
+    img, parsed, status, files = app.generate({"text": (True, "a man"), "mask": (True, ed), "sketch": (False, None),
+                                               "coeffs": (True, {"yaw": 5.0})}, 3, 1.0)
     assert img.size[0] == img.size[1] and parsed.ndim == 3 and "text, mask, coeffs" in status
     assert {Path(f).suffix for f in files} == {".png", ".npy"} and len(files) == 4
     with pytest.raises(UserError, match="nothing to generate"):
-        app.generate("  ", True, None, True, None, False, None, False, 0, 1.0)
+        app.generate({"text": (True, "  "), "mask": (True, None), "sketch": (False, None), "coeffs": (False, None)},
+                     0, 1.0)
     with pytest.raises(UserError, match="generate a face first"):
         app.template("from current result", None)
     assert app.template("from current result", img)["background"].shape == (384, 384, 3)
-    rec, ed2, st, inv = app.load_photo(np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8))
-    assert "centre-cropped" in st
-    out, out_mask, st2, files2 = app.edit(inv, "a woman", ed2, True, 1.0, "delta")
+    rec, own, st, inv = app.load_photo(np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8))
+    assert "centre-cropped" in st and set(own) == {"mask"} and own["mask"]["background"].shape == (384, 384, 3)
+    out, out_mask, st2, files2 = app.edit(inv, {"text": (True, "a woman"), "mask": (True, own["mask"])}, 1.0, "delta")
     assert out.size == rec.size and len(files2) == 3
+    with pytest.raises(UserError, match="what to change"):
+        app.edit(inv, {"text": (True, ""), "mask": (False, own["mask"])}, 1.0, "delta")
     with pytest.raises(UserError):
-        app.edit(None, "x", None, False, 1.0, "delta")
+        app.edit(None, {"text": (True, "x")}, 1.0, "delta")
+
+
+def test_page_is_built_from_the_control_registry(tiny_weights, tmp_path):
+    """Every registered control has its widgets on both tabs; the /generate and /load_photo API
+    keep the order they had before controls were plug-ins."""
+    from mm2latent.app.server import build_ui
+    from mm2latent.pipeline import Pipeline
+    from mm2latent.world.params import COEFF_NAMES
+
+    demo, _ = build_ui(App(Pipeline.from_pretrained(tiny_weights), out_dir=tmp_path))
+    fns = {f.api_name: f for f in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns)}
+
+    def ids(blocks):
+        return [getattr(b, "elem_id", None) or type(b).__name__ for b in blocks]
+
+    assert ids(fns["generate"].inputs) == ["prompt", "use-text", "mask-editor", "use-mask", "sketchpad", "use-sketch",
+                                           "use-coeffs", "seed", "truncation", *(f"coeff-{k}" for k in COEFF_NAMES)]
+    assert ids(fns["load_photo"].outputs) == ["reconstruction", "edit-mask-editor", "edit-status", "State"]
+    assert ids(fns["edit"].inputs)[:10] == ["State", "edit-prompt", "edit-use-text", "edit-mask-editor", "edit-use-mask",
+                                            "edit-sketchpad", "edit-use-sketch", "edit-use-coeffs", "strength",
+                                            "edit-mode"]
 
 
 # --------------------------------------------------------------------------- real browser

@@ -9,6 +9,12 @@ bounded queue (further requests are told the server is busy).
 
 User mistakes (a bad upload, an empty prompt, no control selected) appear as
 a message in the page (``gr.Error``); the server keeps running.
+
+The controls' widgets come from the control registry
+(:data:`mm2latent.models.controls.CONTROLS`): each control's ``WebWidget``
+names a widget kind of :data:`WIDGET_KINDS` (how it is drawn and how its value
+is read), a label, a "use" checkbox and an element id, so a plug-in control of
+an existing kind appears on both tabs without a change here.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,12 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from ..common.errors import UserError  # noqa: E402
 from ..common.imageio import MAX_PIXELS, check_pixels  # noqa: E402
 from ..common.palette import CLASS_NAMES, PALETTE  # noqa: E402
+from ..models.controls import CONTROLS, Control, get_control, one_of  # noqa: E402
 
 MAX_UPLOAD = "8mb"
 CANVAS = 384
-EXAMPLE_PROMPTS = ["a smiling woman with blond hair", "a man with black hair and a beard",
-                   "an old bald man wearing eyeglasses", "a young woman with wavy brown hair and bangs",
-                   "This person has gray hair and wears a hat."]
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
 
 
@@ -189,29 +194,30 @@ class App:
             files.append(str(p))
         return files
 
-    def generate(self, text: str, use_text: bool, mask_value: Any, use_mask: bool, sketch_value: Any,
-                 use_sketch: bool, coeffs: dict | None, use_coeffs: bool, seed: float, truncation: float):
-        """-> (image, parsed colour mask, status line, download files)."""
+    def given_controls(self, widgets: dict[str, tuple[bool, Any]]) -> dict[str, Any]:
+        """Control name -> (its use box, its widget value) -> the user values to generate or edit
+        with, in registry order: ticked controls whose widget holds something."""
+        for name in widgets:
+            get_control(name)
+        kw: dict[str, Any] = {}
+        for name, control in CONTROLS.items():
+            if name in widgets and widgets[name][0]:
+                v = WIDGET_KINDS[control.widget.kind].read(control, widgets[name][1])
+                if v is not None:
+                    kw[name] = v
+        return kw
+
+    def generate(self, widgets: dict[str, tuple[bool, Any]], seed: float, truncation: float):
+        """``widgets``: control name -> (use box, widget value). -> (image, parsed colour mask,
+        status line, download files)."""
         import torch
 
         from ..common.palette import index_to_color
 
         t0 = time.perf_counter()
-        kw: dict[str, Any] = {}
-        if use_text and text and text.strip():
-            kw["text"] = text
-        if use_mask:
-            m = editor_mask(mask_value)
-            if m is not None:
-                kw["mask"] = m
-        if use_sketch:
-            s = sketch_lines(sketch_value)
-            if s is not None:
-                kw["sketch"] = s
-        if use_coeffs and coeffs:
-            kw["coeffs"] = coeffs
+        kw = self.given_controls(widgets)
         if not kw:
-            raise UserError("nothing to generate from: type a prompt, paint a mask, draw a sketch or use the sliders")
+            raise UserError("nothing to generate from: " + one_of(c.widget.hint for c in CONTROLS.values()))
         seed = int(seed)
         emb = self.pipe.embed(**kw)
         ws = self.pipe.latents(emb, [seed], float(truncation))
@@ -227,29 +233,186 @@ class App:
         return img, index_to_color(parsed), f"generated from {used} (seed {seed}) in {dt * 1000:.0f} ms", files
 
     def load_photo(self, image: Any):
-        """Upload -> (reconstruction, editor value with its parsed mask, status, inversion state)."""
+        """Upload -> (reconstruction, control name -> widget value read off it (for the widget kinds
+        that show a photo's own value), status, inversion state)."""
         from ..pipeline.core import to_pil
 
         photo = check_upload(image)
         inv = self.pipe.invert(photo)
         rec = to_pil(inv.reconstruction)[0]
-        parsed = self.pipe.parse(np.asarray(rec))
-        return rec, canvas_value(parsed), f"photo {inv.alignment}; inverted in {inv.seconds * 1000:.0f} ms", inv
+        own = {name: WIDGET_KINDS[c.widget.kind].from_photo(self, rec) for name, c in CONTROLS.items()
+               if WIDGET_KINDS[c.widget.kind].from_photo is not None}
+        return rec, own, f"photo {inv.alignment}; inverted in {inv.seconds * 1000:.0f} ms", inv
 
-    def edit(self, inv, text: str, mask_value: Any, use_mask: bool, strength: float, mode: str):
+    def edit(self, inv, widgets: dict[str, tuple[bool, Any]], strength: float, mode: str):
+        """``widgets``: control name -> (use box, widget value), as for :meth:`generate`."""
         from ..common.palette import index_to_color
         from ..pipeline.core import to_pil
 
         if inv is None:
             raise UserError("upload a photo first")
         t0 = time.perf_counter()
-        m = editor_mask(mask_value) if use_mask else None
-        txt = text if text and text.strip() else None
-        ws = self.pipe.edit_latent(inv, txt, m, None, None, float(strength), mode)
+        ws = self.pipe.edit_latent(inv, strength=float(strength), mode=mode, **self.given_controls(widgets))
         img = to_pil(inv.draw(ws, self.pipe.G.synthesis))[0]
         parsed = self.pipe.parse(np.asarray(img))
         files = self._save("edit", img, parsed, ws.numpy())
         return img, index_to_color(parsed), f"edited in {(time.perf_counter() - t0) * 1000:.0f} ms", files
+
+
+# --------------------------------------------------------------------------- widget kinds
+
+
+@dataclass
+class BuiltWidget:
+    """A control's widgets on one tab: its use box and the components its value is made of."""
+
+    control: Control
+    use: Any
+    parts: list
+    value: Callable[[list], Any]                 # the parts' values -> the widget value App reads
+    wire: Callable[[Any], None] = lambda result: None  # events that need the tab's result image
+
+
+@dataclass(frozen=True)
+class WidgetKind:
+    """How the page draws a kind of control widget (``build(gr, control, tab, app, ids)``, gradio
+    imported by the caller), reads its value (``read(control, value)``: the user value, or None when
+    nothing is given) and, optionally, shows a loaded photo's own value (``from_photo(app, image)``)."""
+
+    build: Callable
+    read: Callable[[Control, Any], Any]
+    from_photo: Callable | None = None
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _build_textbox(gr, control: Control, tab: str, app: App, ids: str):
+    w = control.widget
+    examples = list(w.options.get("examples", ()))
+    if tab == "generate":
+        box = gr.Textbox(label=w.label, value=examples[0] if examples else "", elem_id=ids + w.elem_id)
+        if examples:
+            gr.Examples(examples, inputs=box, label="Example prompts")
+    else:
+        box = gr.Textbox(label=w.edit_label or w.label, placeholder=f"e.g. {examples[0]}" if examples else None,
+                         elem_id=ids + w.elem_id)
+    return [box], lambda vals: vals[0], lambda result: None
+
+
+def _build_mask_editor(gr, control: Control, tab: str, app: App, ids: str):
+    w = control.widget
+    colours = [hex_colour(c) for c in PALETTE]
+    hair = colours[CLASS_NAMES.index("hair")]
+    first = next(iter(template_masks()), "blank")
+    template = None
+    if tab == "generate":
+        with gr.Row():
+            template = gr.Dropdown(["blank", *template_masks(), "from current result"], value=first,
+                                   label="Start the mask from", elem_id=ids + "template")
+            paint = gr.Radio(list(CLASS_NAMES), value="hair", label="Paint class", elem_id=ids + "paint-class")
+        editor = gr.ImageEditor(value=app.template(first), label=w.label, image_mode="RGB",
+                                brush=gr.Brush(colors=[hair], default_color=hair, color_mode="fixed", default_size=16),
+                                canvas_size=(CANVAS, CANVAS), fixed_canvas=True, layers=False,
+                                transforms=(), sources=(), elem_id=ids + w.elem_id, height=420)
+        gr.HTML(legend_html())
+    else:
+        paint = gr.Radio(list(CLASS_NAMES), value="hair", label="Paint class", elem_id=ids + "paint-class")
+        editor = gr.ImageEditor(label=w.edit_label or w.label, image_mode="RGB",
+                                brush=gr.Brush(colors=[hair], color_mode="fixed", default_size=16),
+                                canvas_size=(CANVAS, CANVAS), fixed_canvas=True, layers=False,
+                                transforms=(), sources=(), elem_id=ids + w.elem_id, height=420)
+
+    def _paint(name):
+        c = colours[CLASS_NAMES.index(name)]
+        return gr.update(brush=gr.Brush(colors=[c], default_color=c, color_mode="fixed", default_size=16))
+
+    paint.change(_paint, paint, editor)
+
+    def wire(result):
+        if template is not None:
+            template.change(_guard(app.template), [template, result], editor)
+
+    return [editor], lambda vals: vals[0], wire
+
+
+def _build_sketchpad(gr, control: Control, tab: str, app: App, ids: str):
+    pad = gr.Sketchpad(label=control.widget.label, canvas_size=(CANVAS, CANVAS), image_mode="RGBA", layers=False,
+                       elem_id=ids + control.widget.elem_id,
+                       brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=3))
+    return [pad], lambda vals: vals[0], lambda result: None
+
+
+def _build_sliders(gr, control: Control, tab: str, app: App, ids: str):
+    spec = control.widget.options["sliders"]
+    sliders = [gr.Slider(lo, hi, value=(lo + hi) / 2, label=k, elem_id=f"{ids}{control.widget.elem_id}-{k}")
+               for k, lo, hi in spec]
+    return sliders, lambda vals: dict(zip((k for k, _, _ in spec), vals)), lambda result: None
+
+
+def _read_text(control: Control, value: Any):
+    return value if value and value.strip() else None
+
+
+#: widget kind -> how it is drawn and read (``WebWidget.kind`` of each control)
+WIDGET_KINDS: dict[str, WidgetKind] = {
+    "textbox": WidgetKind(_build_textbox, _read_text),
+    "mask_editor": WidgetKind(_build_mask_editor, lambda control, value: editor_mask(value),
+                              from_photo=lambda app, image: canvas_value(app.pipe.parse(np.asarray(image)))),
+    "sketchpad": WidgetKind(_build_sketchpad, lambda control, value: sketch_lines(value)),
+    "sliders": WidgetKind(_build_sliders, lambda control, value: value or None),
+}
+
+
+def build_control_widgets(gr, app: App, tab: str) -> list[BuiltWidget]:
+    """Every registered control's widgets on ``tab`` ("generate" or "edit"): a row of "use" boxes,
+    then each control's widgets, in a collapsed section when its spec names one. Element ids are
+    the spec's, prefixed "edit-" on the edit tab. There, widgets that show the loaded photo's own
+    value start unticked (using that value unchanged is no edit)."""
+    ids = "" if tab == "generate" else "edit-"
+    uses = {}
+    with gr.Row():
+        for name, c in CONTROLS.items():
+            kind = WIDGET_KINDS[c.widget.kind]
+            ticked = c.widget.use_default and not (tab == "edit" and kind.from_photo is not None)
+            uses[name] = gr.Checkbox(ticked, label=c.widget.use_label, elem_id=f"{ids}use-{_dash(name)}")
+    built = []
+    for name, c in CONTROLS.items():
+        build = WIDGET_KINDS[c.widget.kind].build
+        if c.widget.section:
+            with gr.Accordion(c.widget.section, open=False):
+                parts, value, wire = build(gr, c, tab, app, ids)
+        else:
+            parts, value, wire = build(gr, c, tab, app, ids)
+        built.append(BuiltWidget(c, uses[name], parts, value, wire))
+    return built
+
+
+def event_inputs(widgets: list[BuiltWidget], middle: list) -> list:
+    """An event's inputs: each one-part widget and its use box, the use boxes of the others, then
+    ``middle`` (seed and truncation, or strength and mode), then the parts of the several-part
+    widgets (sliders). This keeps the built-in controls' API order (``/generate``: text, use,
+    mask, use, sketch, use, use coeffs, seed, truncation, 13 sliders) as it was before controls
+    were plug-ins."""
+    head = [x for w in widgets for x in ((*w.parts, w.use) if len(w.parts) == 1 else (w.use,))]
+    return head + list(middle) + [x for w in widgets if len(w.parts) != 1 for x in w.parts]
+
+
+def split_event_values(widgets: list[BuiltWidget], n_middle: int, values) -> tuple[dict[str, tuple[bool, Any]], list]:
+    """The inverse of :func:`event_inputs` on the values gradio passes: (control name -> (use box,
+    widget value), the middle values)."""
+    rest = iter(values)
+    uses, parts = {}, {}
+    for w in widgets:
+        if len(w.parts) == 1:
+            parts[w.control.name] = [next(rest)]
+        uses[w.control.name] = next(rest)
+    middle = [next(rest) for _ in range(n_middle)]
+    for w in widgets:
+        if len(w.parts) != 1:
+            parts[w.control.name] = [next(rest) for _ in w.parts]
+    return {w.control.name: (uses[w.control.name], w.value(parts[w.control.name])) for w in widgets}, middle
 
 
 def _guard(fn):
@@ -273,44 +436,13 @@ def _guard(fn):
 def build_ui(app: App):
     import gradio as gr
 
-    from ..world.params import COEFF_NAMES, COEFF_RANGES
-
-    colours = [hex_colour(c) for c in PALETTE]
     theme = gr.themes.Base()
     with gr.Blocks(title="mm2latent") as demo:
         gr.Markdown("## mm2latent: faces from text, masks, sketches and pose/expression, in one pass")
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    text = gr.Textbox(label="Text", value=EXAMPLE_PROMPTS[0], elem_id="prompt")
-                    gr.Examples(EXAMPLE_PROMPTS, inputs=text, label="Example prompts")
-                    with gr.Row():
-                        use_text = gr.Checkbox(True, label="use text", elem_id="use-text")
-                        use_mask = gr.Checkbox(True, label="use mask", elem_id="use-mask")
-                        use_sketch = gr.Checkbox(False, label="use sketch", elem_id="use-sketch")
-                        use_coeffs = gr.Checkbox(False, label="use pose/expression", elem_id="use-coeffs")
-                    with gr.Row():
-                        template = gr.Dropdown(["blank", *template_masks(), "from current result"],
-                                               value=next(iter(template_masks()), "blank"),
-                                               label="Start the mask from", elem_id="template")
-                        paint = gr.Radio(list(CLASS_NAMES), value="hair", label="Paint class", elem_id="paint-class")
-                    mask = gr.ImageEditor(value=app.template(next(iter(template_masks()), "blank")),
-                                          label="Mask (paint with the class colours)", image_mode="RGB",
-                                          brush=gr.Brush(colors=[colours[CLASS_NAMES.index("hair")]],
-                                                         default_color=colours[CLASS_NAMES.index("hair")],
-                                                         color_mode="fixed", default_size=16),
-                                          canvas_size=(CANVAS, CANVAS), fixed_canvas=True, layers=False,
-                                          transforms=(), sources=(), elem_id="mask-editor", height=420)
-                    gr.HTML(legend_html())
-                    with gr.Accordion("Sketch", open=False):
-                        sketch = gr.Sketchpad(label="Sketch (dark lines)", canvas_size=(CANVAS, CANVAS),
-                                              image_mode="RGBA", layers=False, elem_id="sketchpad",
-                                              brush=gr.Brush(colors=["#000000"], color_mode="fixed", default_size=3))
-                    with gr.Accordion("Pose and expression", open=False):
-                        sliders = []
-                        for k in COEFF_NAMES:
-                            lo, hi = COEFF_RANGES[k]
-                            sliders.append(gr.Slider(lo, hi, value=(lo + hi) / 2, label=k, elem_id=f"coeff-{k}"))
+                    widgets = build_control_widgets(gr, app, "generate")
                     with gr.Row():
                         seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
                         trunc = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Truncation", elem_id="truncation")
@@ -321,20 +453,15 @@ def build_ui(app: App):
                     status = gr.Markdown("", elem_id="status")
                     files = gr.File(label="Downloads (image, mask, latent)", file_count="multiple",
                                     elem_id="downloads")
+            for w in widgets:
+                w.wire(out_img)
 
-            def _paint(name):
-                c = colours[CLASS_NAMES.index(name)]
-                return gr.update(brush=gr.Brush(colors=[c], default_color=c, color_mode="fixed", default_size=16))
+            def _gen(*values):
+                given, (s, tr) = split_event_values(widgets, 2, values)
+                return app.generate(given, s, tr)
 
-            paint.change(_paint, paint, mask)
-            template.change(_guard(app.template), [template, out_img], mask)
-
-            def _gen(text, ut, m, um, sk, us, uc, s, tr, *vals):
-                return app.generate(text, ut, m, um, sk, us, dict(zip(COEFF_NAMES, vals)), uc, s, tr)
-
-            go.click(_guard(_gen), [text, use_text, mask, use_mask, sketch, use_sketch, use_coeffs, seed, trunc,
-                                    *sliders], [out_img, out_mask, status, files], concurrency_id="model",
-                     api_name="generate")
+            go.click(_guard(_gen), event_inputs(widgets, [seed, trunc]), [out_img, out_mask, status, files],
+                     concurrency_id="model", api_name="generate")
 
         with gr.Tab("Edit a photo", id="edit"):
             inv_state = gr.State(None)
@@ -345,15 +472,7 @@ def build_ui(app: App):
                     rec = gr.Image(label="Inverted reconstruction", elem_id="reconstruction", interactive=False)
                     e_status = gr.Markdown("", elem_id="edit-status")
                 with gr.Column():
-                    e_text = gr.Textbox(label="Change with text", placeholder="e.g. a smiling woman with blond hair",
-                                        elem_id="edit-prompt")
-                    e_use_mask = gr.Checkbox(False, label="use the painted mask", elem_id="edit-use-mask")
-                    e_paint = gr.Radio(list(CLASS_NAMES), value="hair", label="Paint class", elem_id="edit-paint-class")
-                    e_mask = gr.ImageEditor(label="Its mask (paint to change)", image_mode="RGB",
-                                            brush=gr.Brush(colors=[colours[CLASS_NAMES.index("hair")]],
-                                                           color_mode="fixed", default_size=16),
-                                            canvas_size=(CANVAS, CANVAS), fixed_canvas=True, layers=False,
-                                            transforms=(), sources=(), elem_id="edit-mask-editor", height=420)
+                    e_widgets = build_control_widgets(gr, app, "edit")
                     strength = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Strength", elem_id="strength")
                     mode = gr.Radio(["delta", "blend"], value="delta", label="Combine", elem_id="edit-mode")
                     e_go = gr.Button("Edit", variant="primary", elem_id="edit-button")
@@ -361,10 +480,19 @@ def build_ui(app: App):
                     e_out = gr.Image(label="Edited", type="pil", elem_id="edited", interactive=False)
                     e_out_mask = gr.Image(label="Parsed mask of the edit", elem_id="edited-mask", interactive=False)
                     e_files = gr.File(label="Downloads", file_count="multiple", elem_id="edit-downloads")
-            e_paint.change(_paint, e_paint, e_mask)
-            photo.upload(_guard(app.load_photo), photo, [rec, e_mask, e_status, inv_state], concurrency_id="model",
-                         api_name="load_photo")
-            e_go.click(_guard(app.edit), [inv_state, e_text, e_mask, e_use_mask, strength, mode],
+            shown = [w for w in e_widgets if WIDGET_KINDS[w.control.widget.kind].from_photo is not None]
+
+            def _load(image):
+                r, own, st, inv = app.load_photo(image)
+                return (r, *(own[w.control.name] for w in shown), st, inv)
+
+            def _edit(inv, *values):
+                given, (st, md) = split_event_values(e_widgets, 2, values)
+                return app.edit(inv, given, st, md)
+
+            photo.upload(_guard(_load), photo, [rec, *(w.parts[0] for w in shown), e_status, inv_state],
+                         concurrency_id="model", api_name="load_photo")
+            e_go.click(_guard(_edit), [inv_state, *event_inputs(e_widgets, [strength, mode])],
                        [e_out, e_out_mask, e_status, e_files], concurrency_id="model", api_name="edit")
     return demo, theme
 

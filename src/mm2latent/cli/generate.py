@@ -1,4 +1,4 @@
-"""``mm2latent generate``: faces from text and/or mask, sketch, coefficients in one pass."""
+"""``mm2latent generate``: faces from text and/or mask, sketch, coefficients (every registered control) in one pass."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..common.errors import UserError
 from .argtypes import positive_int, seed_int
+from .controls import add_control_options, control_files, given_controls, option_list
 
 
 def register(sub) -> None:
@@ -13,10 +14,7 @@ def register(sub) -> None:
                        description="MM2Latent generation: the controls are embedded, MappingNet maps them to w and "
                        "the StyleGAN2 generator draws the face. At least one control is needed. The seed varies "
                        "what the controls leave open (text-embedding noise, synthesis noise).")
-    p.add_argument("--text", default=None, help='caption, e.g. "a smiling woman with blond hair"')
-    p.add_argument("--mask", default=None, help="segmentation mask PNG (index 0..18 or CelebAMask-HQ colours)")
-    p.add_argument("--sketch", default=None, help="sketch image (dark lines on light, or light on dark)")
-    p.add_argument("--coeffs", default=None, help="JSON file of pose/expression/shape coefficients")
+    add_control_options(p)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--num", type=positive_int, default=1, help="images for seeds seed..seed+num-1")
     p.add_argument("--truncation", type=float, default=1.0, help="pull w towards the mean w (1 = none)")
@@ -32,9 +30,10 @@ def _generate(a) -> int:
     from ..common.fileio import check_input_file, check_output_file, check_writable_dir
     from ..common.imageio import make_grid, save_image
 
-    if a.text is None and a.mask is None and a.sketch is None and a.coeffs is None:
-        raise UserError("give at least one of --text, --mask, --sketch, --coeffs")
-    inputs = [p for p in (a.mask, a.sketch, a.coeffs) if p is not None]
+    given = given_controls(a)
+    if not given:
+        raise UserError(f"give at least one of {option_list(None)}")
+    inputs = control_files(given)
     for p in inputs:
         check_input_file(p)
     out = Path(a.out)
@@ -49,8 +48,8 @@ def _generate(a) -> int:
 
     pipe = Pipeline.from_pretrained(a.weights)
     seeds = list(range(a.seed, a.seed + a.num))
-    imgs = pipe.generate_batch(a.text, a.mask, a.sketch, a.coeffs, seeds=seeds, truncation=a.truncation,
-                               variation=a.variation, text_guidance=a.text_guidance)
+    imgs = pipe.generate_batch(seeds=seeds, truncation=a.truncation, variation=a.variation,
+                               text_guidance=a.text_guidance, **given)
     if a.num == 1:
         save_image(out, imgs[0])
         print(f"wrote {out}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..common.errors import UserError
 from .argtypes import nonneg_int
+from .controls import add_control_options, control_files, given_controls, option_list
 
 INVERTER_HELP = ("wplus: the e4e-style W+ inverter (wplus_inverter.safetensors); w: the generator-AE's encoder "
                  "(one w for all layers); auto (default): wplus when the weights have it")
@@ -30,10 +31,7 @@ def register(sub) -> None:
                        "MappingNet and combine with the inverted latent (--mode delta keeps what you did not "
                        "change; blend replaces by strength).")
     e.add_argument("image")
-    e.add_argument("--text", default=None)
-    e.add_argument("--mask", default=None)
-    e.add_argument("--sketch", default=None)
-    e.add_argument("--coeffs", default=None)
+    add_control_options(e)
     e.add_argument("--strength", type=float, default=1.0, help="0 = unchanged, 1 = full edit (max 2)")
     e.add_argument("--mode", default="delta", choices=("delta", "blend"))
     e.add_argument("--refine", type=int, default=0, help="inversion refinement steps (default 0)")
@@ -84,12 +82,13 @@ def _edit(a) -> int:
     from ..pipeline import Pipeline
 
     out = Path(a.out)
-    _check_paths(a, out, (a.mask, a.sketch, a.coeffs))
-    if a.text is None and a.mask is None and a.sketch is None and a.coeffs is None:
-        raise UserError("say what to change: --text, --mask, --sketch or --coeffs")
+    given = given_controls(a)
+    _check_paths(a, out, control_files(given))
+    if not given:
+        raise UserError(f"say what to change: {option_list()}")
     pipe = Pipeline.from_pretrained(a.weights)
     inv = pipe.invert(a.image, refine_steps=a.refine, inverter=a.inverter, tune_steps=a.tune)
-    img = pipe.edit(inv, a.text, a.mask, a.sketch, a.coeffs, strength=a.strength, mode=a.mode)
+    img = pipe.edit(inv, strength=a.strength, mode=a.mode, **given)
     save_image(out, img)
     print(f"input {inv.alignment}; wrote {out}")
     return 0

@@ -53,7 +53,7 @@ def _text_edit(pipe, inv, own: dict[str, torch.Tensor], i: int, mode: str = "del
         return None
     a = lacking[i % len(lacking)]
     text, touched = TEXT_EDITS[a]
-    ws = pipe.edit_latent(inv, text=text, mode=mode, controls={k: v[i:i + 1] for k, v in own.items()})
+    ws = pipe.edit_latent(inv, text=text, mode=mode, own_controls={k: v[i:i + 1] for k, v in own.items()})
     y = inv.draw(ws, pipe.G.synthesis)
     p1 = c.derive(y)["attributes"][0]
     keep = [IDX[b] for b in ATTRIBUTES if b not in touched]
@@ -186,7 +186,7 @@ def evaluate_editing(pipe, num: int = 200, refine_steps: int = 30, refine_num: i
             j = (i + 1) % n
             target = resize_labels(data["mask"][j:j + 1], c.mask_size)
             ws = pipe.edit_latent(invs[i], mask=target[0].numpy().astype(np.uint8), mode=mode,
-                                  controls={k: v[i:i + 1] for k, v in before.items()})
+                                  own_controls={k: v[i:i + 1] for k, v in before.items()})
             y = pipe.G.synthesis(ws, noise_mode="const")
             got.append(c.derive(y)["mask"])
             tgt.append(target)

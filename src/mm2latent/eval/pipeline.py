@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..common.progress import progress
+from ..models.controls import get_control
 from ..models.metrics import (coeff_mae_raw, confusion_matrix, edge_match_counts, fscore_from_counts, iou_per_class,
                               mean_iou)
 from ..world.attributes import ATTRIBUTES
@@ -88,16 +89,10 @@ def _generate(pipe, emb: dict, seeds: list[int], truncation: float) -> torch.Ten
 
 
 def _batched_embeddings(pipe, data, idx: slice, use: tuple[str, ...], caption_key: str = "caption") -> dict:
-    c = pipe.controls
+    """Embeddings of rows ``idx`` of the test data for the controls ``use`` (the text from ``caption_key``)."""
     emb = {m: None for m in pipe.mapping.modalities}
-    if "text" in use:
-        emb["text"] = c.embed_text(data[caption_key][idx])
-    if "mask" in use:
-        emb["mask"] = c.embed_mask(data["mask"][idx])
-    if "sketch" in use:
-        emb["sketch"] = c.embed_sketch(data["sketch"][idx])
-    if "coeffs" in use:
-        emb["coeffs"] = c.embed_coeffs(data["coeffs"][idx])
+    for m in use:
+        emb[m] = get_control(m).embed(pipe.controls, data[caption_key if m == "text" else m][idx])
     return emb
 
 

@@ -10,6 +10,10 @@ replaced by its own learned "absent" embedding, the same one that replaced it
 during training (random modality dropout). The output is expressed around the
 generator's w statistics (``w_mean`` + ``w_std`` * net output), measured on the
 training data, so the MLP starts in the right region of W.
+
+The modalities a config may name, and their order in the input, are the
+registered controls (:data:`mm2latent.models.controls.CONTROLS`), so a
+plug-in control works with a MappingNet whose config includes it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..common.errors import UserError
+from .controls import control_names, one_of
 from .stylegan2 import EqualLinear
 
 KIND = "mapping_net"
-MODALITIES = ("text", "mask", "sketch", "coeffs")
+#: the controls registered when the package loads (the built-in ones, which MappingNet's training data holds)
+MODALITIES = control_names()
 
 
 @dataclass
@@ -38,10 +44,11 @@ class MappingNetConfig:
     lr_mul: float = 1.0
 
     def __post_init__(self):
-        unknown = set(self.dims) - set(MODALITIES)
+        names = control_names()
+        unknown = set(self.dims) - set(names)
         if unknown or not self.dims:
-            raise UserError(f"MappingNet modalities must be a non-empty subset of {MODALITIES}, got {sorted(self.dims)}")
-        self.dims = {m: int(self.dims[m]) for m in MODALITIES if m in self.dims}
+            raise UserError(f"MappingNet modalities must be a non-empty subset of {names}, got {sorted(self.dims)}")
+        self.dims = {m: int(self.dims[m]) for m in names if m in self.dims}
         if self.layers < 1 or self.hidden < 1 or self.w_dim < 1 or self.num_ws < 1:
             raise UserError("MappingNet: layers, hidden, w_dim and num_ws must be positive")
         if not 0 <= self.dropout < 1:
@@ -93,7 +100,7 @@ class MappingNet(nn.Module):
         given = [e for e in embeddings.values() if e is not None]
         b = batch if batch is not None else (given[0].shape[0] if given else None)
         if b is None:
-            raise UserError("give at least one modality (text, mask, sketch or coeffs)")
+            raise UserError(f"give at least one modality ({one_of(self.modalities)})")
         parts = []
         for m, d in self.config.dims.items():
             e = embeddings.get(m)

@@ -10,6 +10,7 @@ file names are :data:`COMPONENT_FILES`::
     mapping_net    MappingNet (kind mapping_net)
     image_encoder  image -> latent inverter (optional; needed for editing)
     latent_prior, wplus_inverter                     optional
+    <component>    a plug-in control's own encoder (``Control.component``), optional
 
 The JSON holds ``kind``, the model ``config`` and training notes; tensors may
 be stored in float16 (they are loaded as float32). :func:`model_classes` maps
@@ -34,6 +35,7 @@ import torch
 
 from ..common.checkpoint import load_checkpoint, save_checkpoint
 from ..common.errors import UserError
+from .controls import BUILTIN_PARTS, ControlEncoders, component_classes, sketch_from_image
 
 NAMES: tuple[str, ...] = ("parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
 FORMAT_VERSION = 1
@@ -52,7 +54,7 @@ COMPONENT_FILES = {
     "latent_prior": "latent_prior.safetensors",
     "wplus_inverter": "wplus_inverter.safetensors",
 }
-CONTROL_PARTS = ("encoder", "parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
+CONTROL_PARTS = BUILTIN_PARTS
 
 
 def default_weights_dir() -> Path:
@@ -62,7 +64,7 @@ def default_weights_dir() -> Path:
 
 def component_file(d: str | os.PathLike, name: str) -> Path:
     """The file of component ``name`` in weights directory ``d``; a UserError when it is not there."""
-    f = Path(d) / COMPONENT_FILES[name]
+    f = Path(d) / COMPONENT_FILES.get(name, f"{name}.safetensors")
     if not f.exists():
         raise UserError(f"no {name} weights in {d} (expected {f.name} and {f.with_suffix('.json').name})")
     return f
@@ -82,6 +84,7 @@ def model_classes(kind: str):
         "wplus_inverter": (inversion.WPlusInverter, inversion.WPlusInverterConfig),
         "mapping_net": (mapping.MappingNet, mapping.MappingNetConfig),
         "latent_prior": (latent_prior.GaussianLatentPrior, latent_prior.LatentPriorConfig),
+        **component_classes(),
     }
     if kind not in table:
         raise UserError(f"unknown perception model kind {kind!r}; known: {', '.join(table)}")
@@ -153,11 +156,11 @@ def load_module(weights_dir: str | os.PathLike | None, name: str) -> torch.nn.Mo
 def load_components(weights: str | os.PathLike | None = None,
                     need: Sequence[str] = ("generator", "controls", "mapping_net")) -> dict[str, Any]:
     """Load models from a weights directory (default: shipped). ``need`` names components;
-    ``"controls"`` means the encoder and the perception stack as a :class:`~.controls.ControlEncoders`."""
+    ``"controls"`` means the encoder and the perception stack as a :class:`~.controls.ControlEncoders`,
+    with the own encoders of the registered plug-in controls that the directory holds."""
     import json
 
     from .clip import load_clip
-    from .controls import ControlEncoders
     from .stylegan2 import load_generator
 
     d = Path(weights) if weights is not None else default_weights_dir()
@@ -168,7 +171,9 @@ def load_components(weights: str | os.PathLike | None = None,
         if name == "controls":
             parts = {p: (load_clip(component_file(d, p)) if p == "encoder" else load_module_file(component_file(d, p), p))
                      for p in CONTROL_PARTS}
-            out["controls"] = ControlEncoders(**parts)
+            extra = {k: load_module_file(d / f"{k}.safetensors", k) for k in component_classes()
+                     if (d / f"{k}.safetensors").exists()}
+            out["controls"] = ControlEncoders(**parts, extra=extra)
         elif name == "generator":
             f = component_file(d, "generator")
             out["generator"] = load_generator(f)
@@ -242,28 +247,6 @@ def analyze_image(analyzer: torch.nn.Module, image: np.ndarray) -> tuple[dict[st
     probs = torch.sigmoid(a)[0].tolist()
     raw = denormalise_coeffs(c.clamp(-1, 1))[0].tolist()
     return dict(zip(ATTRIBUTES, probs)), dict(zip(COEFF_NAMES, raw))
-
-
-def sketch_from_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """A user's sketch (uint8 RGB or grey, any size) -> (1, size, size) float, 1 = line.
-
-    Black-on-white and white-on-black drawings are both accepted: lines are the
-    minority ink, so a mostly dark image is read as white lines on black. The
-    image is centre-cropped to a square and area-resized so thin lines survive.
-    """
-    from PIL import Image
-
-    a = np.asarray(image, dtype=np.float32)
-    grey = a if a.ndim == 2 else a[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
-    grey = grey / 255.0
-    line = (grey > 0.5) if grey.mean() < 0.5 else (grey < 0.5)
-    h, w = line.shape
-    s = min(h, w)
-    line = line[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s].astype(np.float32)
-    if s != size:
-        im = Image.fromarray(line, mode="F").resize((size, size), Image.BOX)
-        line = (np.asarray(im) > (0.2 if s > size else 0.5)).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(line))[None]
 
 
 def load_sketch(path: str | os.PathLike, size: int) -> torch.Tensor:

@@ -5,10 +5,10 @@ user-facing :class:`~.editing.Pipeline` on it (inversion and editing); ``samplin
 draws unconditional samples. Model loading is :mod:`mm2latent.models.registry`.
 """
 
-from ..models.controls import ControlEncoders
+from ..models.controls import CONTROLS, ControlEncoders, prepare_coeffs, prepare_mask, prepare_sketch, register_control
 from ..models.registry import default_weights_dir, load_components
-from .core import GenerationPipeline, prepare_coeffs, prepare_mask, prepare_sketch
+from .core import GenerationPipeline
 from .editing import Pipeline
 
-__all__ = ["ControlEncoders", "GenerationPipeline", "Pipeline", "default_weights_dir", "load_components",
-           "prepare_coeffs", "prepare_mask", "prepare_sketch"]
+__all__ = ["CONTROLS", "ControlEncoders", "GenerationPipeline", "Pipeline", "default_weights_dir", "load_components",
+           "prepare_coeffs", "prepare_mask", "prepare_sketch", "register_control"]

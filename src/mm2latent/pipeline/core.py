@@ -1,4 +1,4 @@
-"""The generation pipeline: text + mask + sketch + coefficients -> w -> face, in one pass.
+"""The generation pipeline: controls (text, mask, sketch, coefficients...) -> w -> face, in one pass.
 
 :class:`GenerationPipeline` is the core; :class:`mm2latent.pipeline.editing.Pipeline`
 (exported as ``mm2latent.Pipeline``) adds inversion and editing on top of it, so
@@ -14,9 +14,11 @@ holds one safetensors + JSON pair per model; what it holds and how it loads is
     mapping_net    MappingNet (kind mapping_net)
     image_encoder  image -> latent inverter (optional; needed for editing)
 
-``generate`` embeds what it is given (absent modalities take MappingNet's
-learned "absent" embedding), maps to w, optionally truncates towards the
-generator's mean w and synthesises.
+``generate(**controls)`` (or ``pipe(**controls)``) takes one keyword per
+registered control (:data:`mm2latent.models.controls.CONTROLS`: ``text``,
+``mask``, ``sketch``, ``coeffs`` and any plug-in), embeds what it is given
+(absent modalities take MappingNet's learned "absent" embedding), maps to w,
+optionally truncates towards the generator's mean w and synthesises.
 
 What the seed varies: the given text embedding is perturbed with the same
 Gaussian noise MappingNet was trained with (its measured image-text gap,
@@ -35,133 +37,27 @@ diffusion models: ``w_k.. = w + g * (w - w_without_text)``, where
 ``w_without_text`` is MappingNet's output for the same inputs with the text
 replaced by its learned "absent" embedding (one more MappingNet pass, no
 extra synthesis). The pseudo-text noise MappingNet is trained with blurs what
-the text says; guidance sharpens it again. When a mask, sketch or coefficients
-are given, guidance is restricted to the layers from k on, leaving the coarse
-layers, which lay out the face (what those controls state), unchanged; with
-text alone it applies to every layer. Defaults come from ``mapping_net.json`` (``text_guidance``,
+the text says; guidance sharpens it again. When a control that states the
+layout is given (``Control.states_layout``: mask, sketch, coefficients),
+guidance is restricted to the layers from k on, leaving the coarse layers,
+which lay out the face (what those controls state), unchanged; with text alone
+it applies to every layer. Defaults come from ``mapping_net.json`` (``text_guidance``,
 ``guidance_from_layer``; both chosen on the validation split), else 0 (off).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..common.errors import UserError
-from ..models.controls import ControlEncoders
+from ..models.controls import ControlEncoders, embed_controls, get_control, one_of
 from ..models.registry import default_weights_dir, load_components, load_optional
-
-# ---------------------------------------------------------------------------- user inputs
-
-
-def prepare_mask(mask: Any, size: int) -> torch.Tensor:
-    """Path / PIL image / (H, W) index array / (H, W, 3) colour array -> (1, size, size) long."""
-    from PIL import Image
-
-    from ..common.palette import NUM_CLASSES, color_to_index, load_mask, resize_mask
-
-    if isinstance(mask, (str, os.PathLike)):
-        arr = load_mask(mask)
-    else:
-        a = np.asarray(mask.convert("RGB") if isinstance(mask, Image.Image) and mask.mode not in ("L", "P") else mask)
-        if a.ndim == 3 and a.shape[2] >= 3:
-            arr = color_to_index(a[..., :3].astype(np.uint8))
-        elif a.ndim == 2:
-            if not np.issubdtype(a.dtype, np.integer) or a.min() < 0 or a.max() >= NUM_CLASSES:
-                raise UserError(f"a mask array must hold class indices 0..{NUM_CLASSES - 1}")
-            arr = a.astype(np.uint8)
-        else:
-            raise UserError(f"a mask must be (H, W) indices or (H, W, 3) colours, got shape {a.shape}")
-    if min(arr.shape) < 8:
-        raise UserError(f"mask is too small ({arr.shape[1]}x{arr.shape[0]}); give at least 8x8")
-    if arr.shape != (size, size):
-        arr = resize_mask(arr, size)
-    return torch.from_numpy(arr.astype(np.int64))[None]
-
-
-def prepare_sketch(sketch: Any, size: int) -> torch.Tensor:
-    """Path / PIL image / array (either polarity) -> (1, 1, size, size), 1 = line."""
-    from PIL import Image
-
-    from ..common.imageio import load_image
-    from ..models.registry import sketch_from_image
-
-    if isinstance(sketch, (str, os.PathLike)):
-        a = load_image(sketch)
-    elif isinstance(sketch, Image.Image):
-        a = np.asarray(sketch.convert("RGB"))
-    else:
-        a = np.asarray(sketch)
-        if a.dtype != np.uint8:
-            a = (np.clip(a, 0, 1) * 255).astype(np.uint8) if a.max() <= 1 else np.clip(a, 0, 255).astype(np.uint8)
-    if a.ndim not in (2, 3) or min(a.shape[:2]) < 8:
-        raise UserError("a sketch must be an image of at least 8x8 pixels")
-    s = sketch_from_image(a, size)
-    if float(s.sum()) == 0:
-        raise UserError("the sketch has no lines (a blank page); leave --sketch out instead")
-    if float(s.mean()) > 0.5:
-        raise UserError("the sketch is mostly lines; give thin lines on a plain background")
-    return s[None]
-
-
-def prepare_coeffs(coeffs: Any) -> torch.Tensor:
-    """Dict name -> raw value (degrees for yaw/pitch/roll, [0, 1] otherwise), JSON path, or a
-    13-vector -> (1, 13) normalised. Missing names take the neutral value (0 degrees / 0.5);
-    out-of-range values are clipped to the world's range; NaN/inf and unknown names are errors."""
-    from ..world.dataset import normalise_coeffs
-    from ..world.params import COEFF_NAMES, COEFF_RANGES
-
-    if isinstance(coeffs, (str, os.PathLike)):
-        p = Path(coeffs)
-        if not p.is_file():
-            raise UserError(f"coefficient file {p} does not exist")
-        try:
-            coeffs = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"coefficient file {p} is not valid JSON ({e})") from None
-    if isinstance(coeffs, dict):
-        unknown = [k for k in coeffs if k not in COEFF_RANGES]
-        if unknown:
-            raise UserError(f"unknown coefficient {unknown[0]!r}; known: {', '.join(COEFF_NAMES)}")
-        raw = []
-        for k in COEFF_NAMES:
-            lo, hi = COEFF_RANGES[k]
-            v = coeffs.get(k, 0.0 if lo < 0 else 0.5)
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise UserError(f"coefficient {k} must be a number, got {v!r}") from None
-            raw.append(v)
-    else:
-        try:
-            raw = [float(v) for v in np.asarray(coeffs, dtype=np.float64).reshape(-1)]
-        except (TypeError, ValueError):
-            raise UserError("coefficients must be a dict of name -> number or a list of 13 numbers") from None
-        if len(raw) != len(COEFF_NAMES):
-            raise UserError(f"expected {len(COEFF_NAMES)} coefficients ({', '.join(COEFF_NAMES)}), got {len(raw)}")
-    a = np.asarray(raw, np.float64)
-    if not np.isfinite(a).all():
-        bad = COEFF_NAMES[int(np.argmin(np.isfinite(a)))]
-        raise UserError(f"coefficient {bad} must be a finite number")
-    lo = np.array([COEFF_RANGES[k][0] for k in COEFF_NAMES])
-    hi = np.array([COEFF_RANGES[k][1] for k in COEFF_NAMES])
-    a = np.clip(a, lo, hi)
-    return torch.from_numpy(normalise_coeffs(a.astype(np.float32)))[None].float()
-
-
-def check_text(text: Any) -> str:
-    if not isinstance(text, str):
-        raise UserError("text must be a string")
-    t = " ".join(text.split())
-    if not t:
-        raise UserError("the text is empty; describe the face (e.g. 'a smiling woman with blond hair') or leave it out")
-    return t
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -219,24 +115,13 @@ class GenerationPipeline:
         return self.G.resolution
 
     # -- embeddings ---------------------------------------------------------
-    def embed(self, text=None, mask=None, sketch=None, coeffs=None) -> dict[str, torch.Tensor | None]:
-        """Embeddings (1, D) of the given controls; None for the ones left out."""
-        c = self.controls
+    def embed(self, **controls) -> dict[str, torch.Tensor | None]:
+        """Embeddings (1, D) of the given controls (keywords: the registered controls' names);
+        None for the ones left out."""
         emb: dict[str, torch.Tensor | None] = {m: None for m in self.mapping.modalities}
-        given = {"text": text, "mask": mask, "sketch": sketch, "coeffs": coeffs}
-        for m, v in given.items():
-            if v is not None and m not in emb:
-                raise UserError(f"this MappingNet was trained without the {m} modality")
-        if text is not None:
-            emb["text"] = c.embed_text([check_text(text)])
-        if mask is not None:
-            emb["mask"] = c.embed_mask(prepare_mask(mask, c.mask_size))
-        if sketch is not None:
-            emb["sketch"] = c.embed_sketch(prepare_sketch(sketch, c.sketch_size))
-        if coeffs is not None:
-            emb["coeffs"] = c.embed_coeffs(prepare_coeffs(coeffs))
+        emb.update(embed_controls(self.controls, self.mapping.modalities, controls))
         if all(v is None for v in emb.values()):
-            raise UserError("give at least one of text, mask, sketch or coeffs")
+            raise UserError(f"give at least one of {one_of(self.mapping.modalities)}")
         return emb
 
     # -- mapping + synthesis --------------------------------------------------
@@ -263,7 +148,7 @@ class GenerationPipeline:
         ws = self.G.broadcast(w)
         if g > 0 and emb.get("text") is not None:
             # with a spatial control the coarse layers keep the layout it states; text alone: all layers
-            k = k if any(emb.get(m) is not None for m in ("mask", "sketch", "coeffs")) else 0
+            k = k if any(e is not None and get_control(m).states_layout for m, e in emb.items()) else 0
             w_without = self.mapping({**emb, "text": None}, batch=b)
             ws = ws.clone()
             ws[:, k:] = ws[:, k:] + g * (w - w_without)[:, None]
@@ -297,23 +182,29 @@ class GenerationPipeline:
                 out.append(self.G.synthesis(ws[i:i + 1], noise_mode="random"))
         return torch.cat(out)
 
-    def generate_tensor(self, text=None, mask=None, sketch=None, coeffs=None, seeds: Sequence[int] = (0,),
-                        truncation: float = 1.0, variation: float = 0.0, text_guidance: float | None = None) -> torch.Tensor:
+    def generate_tensor(self, *, seeds: Sequence[int] = (0,), truncation: float = 1.0, variation: float = 0.0,
+                        text_guidance: float | None = None, **controls) -> torch.Tensor:
         _check_truncation(truncation, variation)
-        emb = self.embed(text, mask, sketch, coeffs)
+        emb = self.embed(**controls)
         return self.synthesize(self.latents(emb, list(seeds), truncation, variation, text_guidance=text_guidance),
                                list(seeds))
 
-    def generate(self, text=None, mask=None, sketch=None, coeffs=None, seed: int = 0, truncation: float = 1.0,
-                 variation: float = 0.0, text_guidance: float | None = None):
-        """One face as a PIL image (see the module docstring for what ``seed`` varies and
-        what ``text_guidance`` does; None takes the shipped default)."""
-        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, [seed], truncation, variation, text_guidance))[0]
+    def generate(self, *, seed: int = 0, truncation: float = 1.0, variation: float = 0.0,
+                 text_guidance: float | None = None, **controls):
+        """One face as a PIL image from the given controls (see the module docstring for what
+        ``seed`` varies and what ``text_guidance`` does; None takes the shipped default)."""
+        return to_pil(self.generate_tensor(seeds=[seed], truncation=truncation, variation=variation,
+                                           text_guidance=text_guidance, **controls))[0]
 
-    def generate_batch(self, text=None, mask=None, sketch=None, coeffs=None, seeds: Sequence[int] = (0, 1, 2, 3),
-                       truncation: float = 1.0, variation: float = 0.0, text_guidance: float | None = None) -> list:
+    def __call__(self, **kwargs):
+        """``pipe(text=..., mask=..., seed=...)``: :meth:`generate`, in the diffusers manner."""
+        return self.generate(**kwargs)
+
+    def generate_batch(self, *, seeds: Sequence[int] = (0, 1, 2, 3), truncation: float = 1.0, variation: float = 0.0,
+                       text_guidance: float | None = None, **controls) -> list:
         """Several seeds for the same inputs (one batched pass)."""
-        return to_pil(self.generate_tensor(text, mask, sketch, coeffs, seeds, truncation, variation, text_guidance))
+        return to_pil(self.generate_tensor(seeds=seeds, truncation=truncation, variation=variation,
+                                           text_guidance=text_guidance, **controls))
 
     # -- reading photos -------------------------------------------------------
     def parse(self, image) -> np.ndarray:

@@ -16,10 +16,12 @@ tuning, Roich et al. 2021, in our words): the code stays where MappingNet's
 edits make sense while the generator learns the details of this photo that no
 code reaches; edits of that inversion are drawn with the tuned copy.
 
-Editing (``Pipeline.edit``): the photo's own controls are read off it (parser
-mask, sketch, coefficients, image embedding); what the user gives replaces
-the corresponding control (a user mask also replaces the photo's sketch, with
-which it would conflict). MappingNet maps both the photo's controls and the
+Editing (``Pipeline.edit(image, **controls)``, one keyword per registered
+control): the photo's own controls are read off it (parser mask, sketch,
+coefficients, image embedding; ``Control.photo_embedding``); what the user
+gives replaces the corresponding control (a control also leaves out the
+photo's controls it contradicts, ``Control.clears``: a user mask drops the
+photo's sketch). MappingNet maps both the photo's controls and the
 edited controls; two ways to combine with the inverted code:
 
 * ``delta`` (default): w_edit = w_inv + strength * (M(edited) - M(photo)) --
@@ -45,8 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import UserError
+from ..models.controls import CONTROLS, embed_controls, get_control, one_of
 from ..models.inversion import reconstruction_loss
-from .core import GenerationPipeline, check_text, prepare_coeffs, prepare_mask, prepare_sketch, to_pil
+from .core import GenerationPipeline, to_pil
 
 EDIT_MODES = ("delta", "blend")
 FEATURE_WEIGHT = 0.1  # refinement: weight of the image-embedding (feature) loss next to pixel L1 + L2
@@ -196,42 +199,36 @@ class Pipeline(GenerationPipeline):
         return self.controls.derive(x)
 
     @torch.no_grad()
-    def edit_latent(self, inv: Inversion, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,
-                    mode: str = "delta", controls: dict | None = None) -> torch.Tensor:
+    def edit_latent(self, inv: Inversion, *, strength: float = 1.0, mode: str = "delta",
+                    own_controls: dict | None = None, **controls) -> torch.Tensor:
+        """The edited W+ code of ``inv`` with the given controls (keywords: the registered controls'
+        names); ``own_controls``: the photo's controls when already read (ControlEncoders.derive)."""
         if mode not in EDIT_MODES:
             raise UserError(f"edit mode must be one of {', '.join(EDIT_MODES)}")
         if not (np.isfinite(strength) and 0.0 <= strength <= 2.0):
             raise UserError("strength must lie in [0, 2]")
-        if text is None and mask is None and sketch is None and coeffs is None:
-            raise UserError("say what to change: give text, a mask, a sketch or coefficients")
+        given = {m: v for m, v in controls.items() if v is not None}
+        if not given:
+            raise UserError(f"say what to change: give {one_of(c.noun for c in CONTROLS.values())}")
         c = self.controls
-        own = controls if controls is not None else self.photo_controls(inv.reconstruction)
-        mods = self.mapping.modalities
-        base = {"text": own["image_emb"], "mask": c.embed_mask(own["mask"]), "sketch": c.embed_sketch(own["sketch"]),
-                "coeffs": c.embed_coeffs(own["coeffs"])}
-        base = {m: v for m, v in base.items() if m in mods}
-        if mask is not None and sketch is None and "sketch" in base:
-            base["sketch"] = None  # the photo's edges would contradict the new mask (on both sides of the delta)
-        new = dict(base)
-        if text is not None:
-            new["text"] = c.embed_text([check_text(text)])
-        if mask is not None:
-            new["mask"] = c.embed_mask(prepare_mask(mask, c.mask_size))
-        if sketch is not None:
-            new["sketch"] = c.embed_sketch(prepare_sketch(sketch, c.sketch_size))
-        if coeffs is not None:
-            new["coeffs"] = c.embed_coeffs(prepare_coeffs(coeffs))
+        own = own_controls if own_controls is not None else self.photo_controls(inv.reconstruction)
+        base = {m: get_control(m).photo_embedding(c, own) for m in self.mapping.modalities}
+        for m in given:  # the photo's controls a given one contradicts (on both sides of the delta)
+            for cleared in get_control(m).clears:
+                if cleared not in given and cleared in base:
+                    base[cleared] = None
+        new = {**base, **embed_controls(c, self.mapping.modalities, controls)}
         w_new = self.G.broadcast(self.mapping(new, batch=1))
         if mode == "blend":
             return inv.ws.lerp(w_new, float(strength))
         w_old = self.G.broadcast(self.mapping(base, batch=1))
         return inv.ws + float(strength) * (w_new - w_old)
 
-    def edit(self, image: Any, text=None, mask=None, sketch=None, coeffs=None, strength: float = 1.0,
-             mode: str = "delta", refine_steps: int = 0, inverter: str = "auto", tune_steps: int = 0):
-        """Edited photo (PIL). ``image`` may also be an :class:`Inversion` from :meth:`invert`
-        (drawn with its pivot-tuned generator when it has one)."""
+    def edit(self, image: Any, *, strength: float = 1.0, mode: str = "delta", refine_steps: int = 0,
+             inverter: str = "auto", tune_steps: int = 0, **controls):
+        """Edited photo (PIL) with the given controls. ``image`` may also be an :class:`Inversion`
+        from :meth:`invert` (drawn with its pivot-tuned generator when it has one)."""
         inv = image if isinstance(image, Inversion) else self.invert(image, refine_steps, inverter=inverter,
                                                                      tune_steps=tune_steps)
-        ws = self.edit_latent(inv, text, mask, sketch, coeffs, strength, mode)
+        ws = self.edit_latent(inv, strength=strength, mode=mode, **controls)
         return to_pil(inv.draw(ws, self.G.synthesis))[0]

@@ -1,6 +1,6 @@
 """Controls are plug-ins: a toy "hair colour" control, defined and registered in this file alone,
-reaches the CLI, the web page, the reader, the weights registry, MappingNet and the generator,
-and the editing pipeline; unregistering it restores everything (GitHub issue 40: a new modality
+reaches the CLI, the web page, the reader, the weights registry, MappingNet's training data and
+training, MappingNet and the generator, and the editing pipeline; unregistering it restores everything (GitHub issue 40: a new modality
 touches at most three files -- here one)."""
 
 from __future__ import annotations
@@ -81,6 +81,15 @@ class HairColour(Control):
 
     def embed(self, encoders, batch):
         return encoders.part(self.component).encode(batch)
+
+    def training_embedding(self, encoders, images, derived):
+        """Read off a face: the mean colour of the pixels the parser calls hair (of the whole image
+        where it finds none)."""
+        hair = (derived["mask"] == 13).float()[:, None]
+        hair = torch.nn.functional.interpolate(hair, size=images.shape[-2:], mode="nearest")
+        rgb = (images.clamp(-1, 1) + 1) / 2
+        mean = (rgb * hair).sum((2, 3)) / hair.sum((2, 3)).clamp(min=1)
+        return self.embed(encoders, torch.where(hair.sum((2, 3)) > 0, mean, rgb.mean((2, 3))))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -164,6 +173,31 @@ def test_the_toy_reaches_mappingnet_and_the_generator(pipe):
     assert not CONTROLS["hair_colour"].states_layout
     with pytest.raises(UserError, match="unknown control 'eye_colour'"):
         pipe(eye_colour=[0, 0, 1])
+
+
+def test_mappingnet_trains_on_the_toy(weights, tmp_path):
+    """MappingNet's training data gets the toy's embeddings (read off the generated faces), and a
+    MappingNet trained on text + mask + the toy generates from it."""
+    from mm2latent.pipeline import Pipeline
+    from mm2latent.train.mapping import MappingTrainOptions, train_mapping
+    from mm2latent.train.mapping_data import generate_mapping_data, load_mapping_data
+
+    data = generate_mapping_data(tmp_path / "data", num=24, weights=str(weights), chunk=12, seed=1)
+    arrays = load_mapping_data(data)
+    assert arrays["hair_colour_emb"].shape == (24, 8) and arrays["mask_emb"].shape[0] == 24
+    assert len(np.unique(arrays["hair_colour_emb"].round(3), axis=0)) > 1  # read off each face
+    out = tmp_path / "w"
+    out.mkdir()
+    for f in weights.iterdir():
+        if f.name != "mapping_net.safetensors" and f.name != "mapping_net.json":
+            (out / f.name).symlink_to(f)
+    train_mapping(MappingTrainOptions(data=str(data), out=str(tmp_path / "run"), steps=4, batch=8, hidden=16,
+                                      layers=2, val_fraction=0.2, modalities=["text", "mask", "hair_colour"]),
+                  export_to=str(out / "mapping_net.safetensors"))
+    pipe = Pipeline.from_pretrained(out)
+    assert pipe.mapping.modalities == ("text", "mask", "hair_colour")
+    a = np.asarray(pipe(hair_colour=[0.9, 0.8, 0.2], seed=2))
+    assert not np.array_equal(a, np.asarray(pipe(hair_colour=[0.1, 0.1, 0.1], seed=2)))
 
 
 def test_the_toy_edits_a_photo(pipe):

@@ -20,6 +20,7 @@ an existing kind appears on both tabs without a change here.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -505,8 +506,13 @@ def serve(weights: str | None = None, host: str = "127.0.0.1", port: int = 7860,
     from ..pipeline import Pipeline
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # gradio's own decoding of uploads refuses bombs too
+    from ..models.parts import MissingPartError
+
     app = App(Pipeline.from_pretrained(weights))
-    app.pipe.generate(text="a face", seed=0)  # warm-up: the first request should not pay for first-call setup
+    try:
+        app.pipe.generate(text="a face", seed=0)  # warm-up: the first request should not pay for first-call setup
+    except MissingPartError as e:  # a pipeline folder with parts missing starts; what needs them says so
+        print(f"mm2latent: warning: {e} (the page starts; generating or editing says so)", file=sys.stderr, flush=True)
     demo, theme = build_ui(app)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, share=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..common.errors import UserError
-from .argtypes import seed_int
+from .argtypes import positive_int, seed_int
 
 
 def register(sub) -> None:
@@ -71,6 +71,23 @@ def register(sub) -> None:
     ed.add_argument("--tune", type=int, default=50, help="pivotal-tuning steps for the tuned row (same faces; 0: skip)")
     ed.add_argument("--out", default=None)
     ed.set_defaults(func=_eval_editing)
+    rl = esub.add_parser("real", help="real-data figures on a photo dataset: FID (Inception with --inception, else "
+                         "encoder features), text-image cosine, mask mIoU, inversion PSNR/SSIM/feature distance",
+                         description="Generates a face from each photo's caption and annotated mask (CelebAMask-HQ "
+                         "tree; captions from an MM-CelebA-HQ root) and inverts each photo; see "
+                         "mm2latent/eval/real.py for what is measured.")
+    rl.add_argument("--weights", default=None, help="weights directory (default: shipped)")
+    rl.add_argument("--photos", required=True, metavar="ROOT",
+                    help="a CelebAMask-HQ tree (CelebA-HQ-img/, CelebAMask-HQ-mask-anno/) or any photo folder")
+    rl.add_argument("--captions", default=None, metavar="ROOT", help="an MM-CelebA-HQ root holding text/<id>.txt")
+    rl.add_argument("--inception", default=None, metavar="FILE",
+                    help="FID Inception weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth); without it "
+                    "FID is computed on the world image encoder's features and says so")
+    rl.add_argument("--num", type=positive_int, default=200, help="photos to use, the first N (default 200)")
+    rl.add_argument("--batch", type=positive_int, default=16, help="photos per batch (default 16)")
+    rl.add_argument("--seed", type=seed_int, default=0)
+    rl.add_argument("--out", required=True, metavar="REPORT.json", help="where to write the JSON report")
+    rl.set_defaults(func=_eval_real)
     e.set_defaults(func=_need_target)
 
 
@@ -126,6 +143,37 @@ def _eval_editing(a) -> int:
     return _emit(report, a)
 
 
+def _eval_real(a) -> int:
+    import json
+
+    from ..common.fileio import check_output_file, write_text_atomic
+    from ..datasets.layouts import CAPTION_DIR, open_photos
+    from ..eval.perception import jsonable
+    from ..eval.real import evaluate_real, summary_lines
+    from ..models.inception import load_fid_inception
+    from ..pipeline import Pipeline
+
+    if a.num < 2:
+        raise UserError("--num must be at least 2 (a Fréchet distance needs two samples per set)")
+    check_output_file(a.out)
+    if not Path(a.photos).is_dir():
+        raise UserError(f"--photos {a.photos} is not a folder")
+    if a.captions is not None and not (Path(a.captions) / CAPTION_DIR).is_dir():
+        raise UserError(f"--captions {a.captions} is not an MM-CelebA-HQ root: it has no {CAPTION_DIR}/ folder")
+    inception = load_fid_inception(a.inception) if a.inception else None
+    pipe = Pipeline.from_pretrained(a.weights)
+    photos = open_photos(a.photos, size=pipe.resolution, captions=a.captions)
+    report = evaluate_real(pipe, photos, inception=inception, num=a.num, seed=a.seed, batch=a.batch)
+    report["weights"] = str(a.weights or "shipped")
+    report["photos"]["root"] = str(a.photos)
+    report["photos"]["captions"] = str(a.captions) if a.captions else None
+    report["fid"]["inception_file"] = str(a.inception) if a.inception else None
+    write_text_atomic(a.out, json.dumps(jsonable(report), indent=1) + "\n")
+    print("\n".join(summary_lines(report)))
+    print(f"report: {a.out}")
+    return 0
+
+
 def _eval_generation(a) -> int:
     from pathlib import Path
 
@@ -149,7 +197,7 @@ def _eval_generation(a) -> int:
 def _need_target(args) -> int:
     if args.out:
         return _full_report(args)
-    raise UserError("choose what to evaluate: mm2latent eval {encoder,perception,generator,generation,editing} ... (see --help)")
+    raise UserError("choose what to evaluate: mm2latent eval {encoder,perception,generator,generation,editing,real} ... (see --help)")
 
 
 def _full_report(a) -> int:

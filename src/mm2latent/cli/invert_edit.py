@@ -8,8 +8,9 @@ from ..common.errors import UserError
 from .argtypes import nonneg_int
 from .controls import add_control_options, control_files, given_controls, option_list
 
-INVERTER_HELP = ("wplus: the e4e-style W+ inverter (wplus_inverter.safetensors); w: the generator-AE's encoder "
-                 "(one w for all layers); auto (default): wplus when the weights have it")
+INVERTER_HELP = ("wplus: the e4e-style W+ inverter (wplus_inverter.safetensors, else an assembled e4e/pSp encoder, "
+                 "e4e_encoder.safetensors); w: the generator-AE's encoder (one w for all layers); auto (default): "
+                 "wplus when the weights have it")
 TUNE_HELP = ("pivotal tuning: fine-tune a copy of the generator on this photo for N steps around the inverted "
              "code (default 0; 50-100 recovers details no code reaches; edits are drawn with the tuned copy)")
 

@@ -14,7 +14,8 @@ from ..common.errors import UserError
 from .argtypes import CommandParser
 
 #: command modules, imported lazily so ``mm2latent --help`` stays fast
-COMMAND_MODULES = ("generate", "invert_edit", "serve", "world", "sample", "convert", "train", "mapping", "perception", "eval")
+COMMAND_MODULES = ("generate", "invert_edit", "serve", "world", "sample", "convert", "assemble", "train", "mapping", "perception",
+                   "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

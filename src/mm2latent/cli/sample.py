@@ -14,7 +14,8 @@ def register(sub) -> None:
     p.add_argument("--num", type=int, default=16)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--truncation", type=float, default=0.7, help="truncation psi around w_avg (1 = none)")
-    p.add_argument("--weights", default=None, help="generator checkpoint (default: the shipped world generator)")
+    p.add_argument("--weights", default=None,
+                   help="generator checkpoint or a weights / pipeline folder (default: the shipped world generator)")
     p.add_argument("--prior", choices=("auto", "fitted", "normal"), default="auto",
                    help="where w comes from: 'fitted' = the Gaussian fitted to encoded training renders "
                    "(latent_prior.safetensors beside the generator), 'normal' = mapping(z), z ~ N(0, I); "
@@ -36,6 +37,13 @@ def _sample(a) -> int:
     grid_path = check_output_file(a.grid) if a.grid else None
     out = check_writable_dir(a.out)
     gpath = Path(a.weights) if a.weights else default_generator_path()
+    if gpath.is_dir():  # a weights directory / pipeline folder: its generator (and the prior beside it)
+        from ..models.parts import MissingPartError, missing_part_message
+        from ..models.registry import COMPONENT_FILES
+
+        gpath = gpath / COMPONENT_FILES["generator"]
+        if not gpath.exists():
+            raise MissingPartError(missing_part_message("generator"))
     G = load_generator(gpath).eval()
     prior = load_prior(gpath, a.prior)
     imgs, ws = sample_generator(G, a.num, a.seed, a.truncation, prior=prior)

@@ -11,6 +11,7 @@ import json
 import os
 import struct
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -81,3 +82,28 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None) -> 
     if expect_kind is not None and config.get("kind") != expect_kind:
         raise UserError(f"checkpoint {st} holds a {config.get('kind', 'unknown')!r} model, expected {expect_kind!r}")
     return tensors, config
+
+
+def load_state_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: str, arch: str) -> torch.nn.Module:
+    """Copy ``sd`` into ``module``: every tensor present, none extra, every shape equal.
+
+    Floating tensors are cast to the module's dtype; errors are one
+    :class:`UserError` line that names the architecture ``arch``.
+    """
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s) (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {', '.join(unexpected[:3])})")
+        raise UserError(f"{what} does not match the {arch} architecture: " + "; ".join(parts))
+    for k, v in own.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise UserError(f"{what}: tensor {k} has shape {tuple(sd[k].shape)}, the {arch} architecture "
+                            f"expects {tuple(v.shape)}")
+    cast = {k: sd[k].detach().to(v.dtype) for k, v in own.items()}
+    module.load_state_dict(cast, strict=True)
+    return module

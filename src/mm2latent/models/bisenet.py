@@ -29,15 +29,17 @@ mean/std normalisation).
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..common.checkpoint import load_state_strict
 from ..common.errors import UserError
 from ..common.palette import CLASS_INDEX, NUM_CLASSES
-from .torch_files import load_state_strict, read_torch_file, tensor_dict
+from .torch_files import read_torch_file, tensor_dict
 
 #: the checkpoint's class order (index = its label), in our class names
 BISENET_CLASSES: tuple[str, ...] = (
@@ -181,8 +183,11 @@ class BiSeNetParser(nn.Module):
 
     ``forward(images)`` -> logits (B, 19, H, W) in our class order at the
     input size; ``parse(images)`` -> labels (B, H, W), int64, our order.
-    Images are (B, 3, H, W) RGB in [-1, 1].
+    Images are (B, 3, H, W) RGB in [-1, 1]. ``config`` (a :class:`BiSeNetConfig`) and ``kind``
+    make it a registry model (saved as kind ``bisenet_parser``, see :class:`StoredBiSeNetParser`).
     """
+
+    kind = "bisenet_parser"
 
     def __init__(self, net: BiSeNet | None = None, input_size: int | None = INPUT_SIZE):
         super().__init__()
@@ -208,6 +213,10 @@ class BiSeNetParser(nn.Module):
     @torch.no_grad()
     def parse(self, images: torch.Tensor) -> torch.Tensor:
         return self(images).argmax(dim=1)
+
+    @property
+    def config(self) -> "BiSeNetConfig":
+        return BiSeNetConfig(self.input_size)
 
 
 def bisenet_from_state_dict(obj: Any, what: str = "checkpoint") -> BiSeNet:
@@ -242,3 +251,46 @@ def load_bisenet(path: str | os.PathLike, device: torch.device | str = "cpu",
     """
     net = bisenet_from_state_dict(read_torch_file(path, "checkpoint"), f"checkpoint {path}")
     return BiSeNetParser(net, input_size).to(device).eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- our format
+
+KIND_STORED = "bisenet_parser"
+
+
+@dataclass(frozen=True)
+class BiSeNetConfig:
+    """What ``parser.json`` stores for a BiSeNet parser (kind ``bisenet_parser``)."""
+
+    input_size: int | None = INPUT_SIZE  # images are resized to this before the network (None: as given)
+
+    def __post_init__(self):
+        if self.input_size is not None and (not isinstance(self.input_size, int) or self.input_size < 32):
+            raise ValueError(f"input_size must be an integer >= 32 or None, not {self.input_size!r}")
+
+    @property
+    def size(self) -> int:
+        """The side images are given at (what ``ControlEncoders`` and ``parse_image`` resize to)."""
+        return self.input_size or INPUT_SIZE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, legacy: bool = False) -> "BiSeNetConfig":
+        from .config import config_from_dict
+
+        return config_from_dict(cls, d, legacy)
+
+
+class StoredBiSeNetParser(BiSeNetParser):
+    """:class:`BiSeNetParser` built from its config, as the registry builds models (kind
+    ``bisenet_parser``); ``config.size`` is what callers resize images to, as for our own parser."""
+
+    def __init__(self, cfg: BiSeNetConfig | None = None, net: BiSeNet | None = None):
+        cfg = cfg if cfg is not None else BiSeNetConfig()
+        super().__init__(net, cfg.input_size)
+
+    @classmethod
+    def from_parser(cls, parser: BiSeNetParser) -> "StoredBiSeNetParser":
+        return cls(BiSeNetConfig(parser.input_size), parser.net).eval()

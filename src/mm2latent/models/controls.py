@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from .clip import CLIP
+from .parts import is_missing
 from ..world.sketch import extract_sketch
 
 
@@ -74,11 +75,18 @@ class ControlEncoders:
     coeff_ae: torch.nn.Module
     #: encoders of plug-in controls beyond the built-in ones, by component name (see Control.component)
     extra: dict[str, torch.nn.Module] = field(default_factory=dict)
+    # a part may be a MissingPart (a pipeline folder without it): its first use says so, and
+    # derive() leaves out what it would read
 
     def __post_init__(self):
         for m in (self.encoder, self.parser, self.analyzer, self.mask_ae, self.sketch_ae, self.coeff_ae,
                   *self.extra.values()):
-            m.eval().requires_grad_(False)
+            if not is_missing(m):
+                m.eval().requires_grad_(False)
+
+    def has(self, name: str) -> bool:
+        """Whether part ``name`` is there (not a :class:`~.parts.MissingPart`)."""
+        return name in self.extra or (name in BUILTIN_PARTS and not is_missing(getattr(self, name)))
 
     def part(self, name: str) -> torch.nn.Module:
         """The model called ``name`` (a built-in field or an entry of ``extra``)."""
@@ -114,14 +122,29 @@ class ControlEncoders:
         """(B, 3, S, S) in [-1, 1] -> mask (B, M, M) long, sketch (B, 1, K, K), coeffs (B, 13) in
         normalised units, attributes (B, A) probabilities, image_emb (B, D) unit vectors."""
         x = images.float()
-        attrs, coeffs = self.analyzer(resize_images(x, self.analyzer.config.size))
-        return {
-            "mask": self.parse_mask(x),
-            "sketch": extract_sketch(resize_images(x, self.sketch_size)),
-            "coeffs": coeffs.clamp(-1, 1),
-            "attributes": torch.sigmoid(attrs),
-            "image_emb": self.encoder.encode_image(x),
-        }
+        if all(self.has(p) for p in BUILTIN_PARTS[:5]):  # every part there (the weights of training)
+            attrs, coeffs = self.analyzer(resize_images(x, self.analyzer.config.size))
+            return {
+                "mask": self.parse_mask(x),
+                "sketch": extract_sketch(resize_images(x, self.sketch_size)),
+                "coeffs": coeffs.clamp(-1, 1),
+                "attributes": torch.sigmoid(attrs),
+                "image_emb": self.encoder.encode_image(x),
+            }
+        # a pipeline folder with parts missing: what they would read is left out (a photo's own
+        # control nobody can read is absent in an edit, on both sides of the delta)
+        out: dict[str, torch.Tensor] = {}
+        if self.has("parser") and self.has("mask_ae"):
+            out["mask"] = self.parse_mask(x)
+        if self.has("sketch_ae"):
+            out["sketch"] = extract_sketch(resize_images(x, self.sketch_size))
+        if self.has("analyzer"):
+            attrs, coeffs = self.analyzer(resize_images(x, self.analyzer.config.size))
+            out["coeffs"] = coeffs.clamp(-1, 1)
+            out["attributes"] = torch.sigmoid(attrs)
+        if self.has("encoder"):
+            out["image_emb"] = self.encoder.encode_image(x)
+        return out
 
     # ------------------------------------------------------------------ embeddings
 
@@ -339,6 +362,19 @@ class Control(abc.ABC):
     def embed(self, encoders: ControlEncoders, batch: Any) -> torch.Tensor:
         """A batch of model inputs -> embeddings (B, D)."""
 
+    @property
+    def data_key(self) -> str:
+        """The array of MappingNet's training data that holds its embeddings (train/mapping_data.py)."""
+        return f"{self.name}_emb"
+
+    def training_embedding(self, encoders: ControlEncoders, images: torch.Tensor,
+                           derived: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Its embeddings (B, D) for MappingNet's training data: its value read off ``images``
+        (generated faces or photos, (B, 3, S, S) in [-1, 1]) and embedded. ``derived`` is
+        :meth:`ControlEncoders.derive` of those images (the built-in controls read their values
+        there). None: this control cannot be read off images, so the data has no such array."""
+        return self.embed(encoders, derived[self.name]) if self.name in derived else None
+
     def photo_embedding(self, encoders: ControlEncoders, own: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The embedding of a photo's own value of this control, from ``ControlEncoders.derive``'s
         output (None: a photo does not state it, so an edit leaves it absent on both sides)."""
@@ -434,7 +470,14 @@ class TextControl(Control):
         return encoders.embed_text(batch)
 
     def photo_embedding(self, encoders, own):
-        return own["image_emb"]
+        return own.get("image_emb")
+
+    @property
+    def data_key(self) -> str:
+        return "image_emb"  # pseudo-text: MappingNet trains on noisy image embeddings in this slot
+
+    def training_embedding(self, encoders, images, derived):
+        return derived["image_emb"]
 
 
 @register_control
@@ -488,6 +531,10 @@ class CoeffsControl(Control):
     cli_help = "JSON file of pose/expression/shape coefficients"
     widget = WebWidget("sliders", "Pose and expression", "use pose/expression", elem_id="coeff",
                        section="Pose and expression", hint="use the sliders", options={"sliders": _coeff_sliders()})
+
+    @property
+    def data_key(self) -> str:
+        return "coeff_emb"
 
     def read(self, value, encoders):
         return prepare_coeffs(value)

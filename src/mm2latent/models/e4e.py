@@ -46,10 +46,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..common.checkpoint import load_state_strict
 from ..common.errors import UserError
 from .official import generator_from_rosinality, rosinality_to_ours
 from .stylegan2 import EqualLinear, Generator
-from .torch_files import load_state_strict, read_torch_file, tensor_dict
+from .torch_files import read_torch_file, tensor_dict
 
 KIND_E4E = "e4e"
 KIND_PSP = "psp"
@@ -406,3 +407,79 @@ def load_e4e(path: str | os.PathLike, kind: str | None = None,
     ckpt = read_torch_file(path, "checkpoint")
     encoder, G, latent_avg = e4e_from_checkpoint(ckpt, what, kind)
     return encoder.to(device), G.to(device), latent_avg.to(device)
+
+
+# --------------------------------------------------------------------------- our format
+
+KIND_STORED = "e4e_encoder"
+
+
+@dataclass(frozen=True)
+class E4EImageEncoderConfig:
+    """What ``e4e_encoder.json`` stores: the encoder's shape (:class:`E4EConfig` as a dict) and
+    whether :meth:`E4EImageEncoder.encode` adds ``latent_avg`` (their ``start_from_latent_avg``)."""
+
+    encoder: dict
+    add_latent_avg: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "encoder", E4EConfig(**dict(self.encoder)).to_dict())  # validated, normalised
+
+    @property
+    def e4e(self) -> E4EConfig:
+        return E4EConfig(**self.encoder)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"encoder": dict(self.encoder), "add_latent_avg": bool(self.add_latent_avg)}
+
+    @classmethod
+    def from_dict(cls, d: dict, legacy: bool = False) -> "E4EImageEncoderConfig":
+        from .config import config_from_dict
+
+        return config_from_dict(cls, d, legacy)
+
+
+class E4EImageEncoder(nn.Module):
+    """An e4e/pSp encoder in our safetensors + JSON format (kind ``e4e_encoder``, registry
+    :func:`~mm2latent.models.registry.model_classes`): the :class:`E4EEncoder` plus its
+    ``latent_avg`` as a stored tensor. ``encode(images in [-1, 1])`` -> W+ (B, n_styles, style_dim),
+    as :meth:`E4EEncoder.encode` of the checkpoint it came from."""
+
+    kind = KIND_STORED
+
+    def __init__(self, cfg: E4EImageEncoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = E4EEncoder(cfg.e4e)
+        self.encoder.add_latent_avg = False  # added here, from the stored buffer
+        self.register_buffer("latent_avg", torch.zeros(cfg.e4e.n_styles, cfg.e4e.style_dim))
+
+    @classmethod
+    def from_encoder(cls, encoder: E4EEncoder) -> "E4EImageEncoder":
+        """Wrap a loaded encoder (:func:`load_e4e`); its weights are shared, not copied."""
+        out = cls.__new__(cls)
+        nn.Module.__init__(out)
+        out.config = E4EImageEncoderConfig(encoder.cfg.to_dict(), bool(encoder.add_latent_avg))
+        out.encoder = encoder
+        out.register_buffer("latent_avg", encoder.latent_avg.detach().clone().float())
+        return out
+
+    @property
+    def n_styles(self) -> int:
+        return self.config.e4e.n_styles
+
+    @property
+    def style_dim(self) -> int:
+        return self.config.e4e.style_dim
+
+    def encode(self, images: torch.Tensor, resize: bool = True) -> torch.Tensor:
+        add = self.encoder.add_latent_avg
+        self.encoder.add_latent_avg = False
+        try:
+            codes = self.encoder.encode(images, resize=resize)
+        finally:
+            self.encoder.add_latent_avg = add
+        return codes + self.latent_avg if self.config.add_latent_avg else codes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode(images)

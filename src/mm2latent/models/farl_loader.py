@@ -45,6 +45,7 @@ import torch
 from ..common.errors import UserError
 from ..common.fileio import check_input_file
 from .clip import CLIP, CLIPConfig, load_state_into, save_clip
+from .torch_files import is_torchscript
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,6 @@ OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 FARL_MIM_PREFIXES = ("visual.mask_token", "visual.lm_transformer.", "visual.ln_lm.", "visual.lm_head.")
 _WRAPPERS = ("state_dict", "model", "module", "model_state_dict")
 _ANCHOR = "visual.conv1.weight"
-
-
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
 
 
 def _unpickler_detail(message: str) -> str:
@@ -75,7 +67,7 @@ def _unpickler_detail(message: str) -> str:
 def read_checkpoint_file(path: str | os.PathLike) -> Any:
     """The object stored in a ``.pth``/``.pt`` file, read without running pickled code."""
     p = check_input_file(path, "checkpoint")
-    if _is_torchscript(p):
+    if is_torchscript(p):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)

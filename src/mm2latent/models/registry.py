@@ -10,13 +10,17 @@ file names are :data:`COMPONENT_FILES`::
     mapping_net    MappingNet (kind mapping_net)
     image_encoder  image -> latent inverter (optional; needed for editing)
     latent_prior, wplus_inverter                     optional
+    e4e_encoder    an e4e/pSp image -> W+ encoder (optional, kind e4e_encoder; ``mm2latent assemble``)
     <component>    a plug-in control's own encoder (``Control.component``), optional
 
 The JSON holds ``kind``, the model ``config`` and training notes; tensors may
 be stored in float16 (they are loaded as float32). :func:`model_classes` maps
 a kind to its module and config classes; :func:`load_module_file` and
 :func:`save_module` read and write one file; :func:`load_components` loads
-several models of a directory at once.
+several models of a directory at once, and :func:`load_folder` every part a
+pipeline folder holds (the missing ones as :class:`~.parts.MissingPart`). The
+parser file may hold our U-Net (kind ``parser``) or a BiSeNet (kind
+``bisenet_parser``); :data:`PART_KINDS` lists the kinds each file may hold.
 
 >>> p = load_perception()                     # shipped weights
 >>> p = load_perception("runs/weights", names=("parser",))
@@ -53,8 +57,13 @@ COMPONENT_FILES = {
     "image_encoder": "image_encoder.safetensors",
     "latent_prior": "latent_prior.safetensors",
     "wplus_inverter": "wplus_inverter.safetensors",
+    "e4e_encoder": "e4e_encoder.safetensors",
 }
 CONTROL_PARTS = BUILTIN_PARTS
+#: the kinds a component file may hold, when more than its own name (read from its JSON)
+PART_KINDS: dict[str, tuple[str, ...]] = {"parser": ("parser", "bisenet_parser")}
+#: the optional inversion / sampling parts of a pipeline folder (None when absent)
+OPTIONAL_PARTS = ("image_encoder", "latent_prior", "wplus_inverter", "e4e_encoder")
 
 
 def default_weights_dir() -> Path:
@@ -72,7 +81,7 @@ def component_file(d: str | os.PathLike, name: str) -> Path:
 
 def model_classes(kind: str):
     """(module class, config class) for a model kind."""
-    from . import analyzer, autoencoders, inversion, latent_prior, mapping, parser
+    from . import analyzer, autoencoders, bisenet, e4e, inversion, latent_prior, mapping, parser
 
     table = {
         "parser": (parser.FaceParser, parser.ParserConfig),
@@ -84,6 +93,8 @@ def model_classes(kind: str):
         "wplus_inverter": (inversion.WPlusInverter, inversion.WPlusInverterConfig),
         "mapping_net": (mapping.MappingNet, mapping.MappingNetConfig),
         "latent_prior": (latent_prior.GaussianLatentPrior, latent_prior.LatentPriorConfig),
+        "e4e_encoder": (e4e.E4EImageEncoder, e4e.E4EImageEncoderConfig),
+        "bisenet_parser": (bisenet.StoredBiSeNetParser, bisenet.BiSeNetConfig),
         **component_classes(),
     }
     if kind not in table:
@@ -137,6 +148,27 @@ def load_module_file(path: str | os.PathLike, kind: str) -> torch.nn.Module:
     return model
 
 
+def stored_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` a model file's JSON names (None when the JSON is missing or unreadable: loading
+    then says what is wrong)."""
+    import json
+
+    from ..common.checkpoint import config_path
+
+    try:
+        kind = json.loads(config_path(path).read_text("utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def load_part_file(path: str | os.PathLike, name: str) -> torch.nn.Module:
+    """Load the file of component ``name`` as the kind it holds, when that is one of the kinds the
+    component may be (:data:`PART_KINDS`; e.g. a BiSeNet parser), else as kind ``name``."""
+    kind = stored_kind(path)
+    return load_module_file(path, kind if kind in PART_KINDS.get(name, ()) else name)
+
+
 def load_module(weights_dir: str | os.PathLike | None, name: str) -> torch.nn.Module:
     """Load ``name`` (one of :data:`NAMES`) from a weights directory."""
     if name not in NAMES:
@@ -149,8 +181,10 @@ def load_module(weights_dir: str | os.PathLike | None, name: str) -> torch.nn.Mo
         raise UserError(f"weights path {d} is not a directory")
     f = d / f"{name}.safetensors"
     if not f.exists():
-        raise UserError(f"no {name} weights in {d} (expected {f.name} and {name}.json)")
-    return load_module_file(f, name)
+        from .parts import PART_HINTS
+
+        raise UserError(f"no {name} weights in {d} (expected {f.name} and {name}.json): {PART_HINTS[name][1]}")
+    return load_part_file(f, name)
 
 
 def load_components(weights: str | os.PathLike | None = None,
@@ -169,7 +203,7 @@ def load_components(weights: str | os.PathLike | None = None,
     out: dict[str, Any] = {}
     for name in need:
         if name == "controls":
-            parts = {p: (load_clip(component_file(d, p)) if p == "encoder" else load_module_file(component_file(d, p), p))
+            parts = {p: (load_clip(component_file(d, p)) if p == "encoder" else load_part_file(component_file(d, p), p))
                      for p in CONTROL_PARTS}
             extra = {k: load_module_file(d / f"{k}.safetensors", k) for k in component_classes()
                      if (d / f"{k}.safetensors").exists()}
@@ -178,7 +212,7 @@ def load_components(weights: str | os.PathLike | None = None,
             f = component_file(d, "generator")
             out["generator"] = load_generator(f)
             out["generator_info"] = json.loads(f.with_suffix(".json").read_text()).get("training", {})
-        elif name in ("mapping_net", "image_encoder", "latent_prior", "wplus_inverter"):
+        elif name in ("mapping_net", *OPTIONAL_PARTS):
             f = component_file(d, name)
             out[name] = load_module_file(f, name)
             out[name + "_info"] = json.loads(f.with_suffix(".json").read_text())
@@ -192,6 +226,58 @@ def load_optional(weights: str | os.PathLike, name: str) -> Any:
     (image_encoder, wplus_inverter and latent_prior are optional)."""
     d = Path(weights)
     return load_components(d, need=(name,))[name] if (d / COMPONENT_FILES[name]).exists() else None
+
+
+#: every part a pipeline folder may hold (``mm2latent assemble`` writes any subset of them)
+PIPELINE_PARTS = ("generator", *CONTROL_PARTS, "mapping_net", *OPTIONAL_PARTS)
+
+
+def load_folder(weights: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Every part a pipeline folder holds (default: the shipped weights), for
+    :meth:`~mm2latent.pipeline.core.GenerationPipeline.from_pretrained`.
+
+    Keys as :func:`load_components` (``generator``, ``generator_info``, ``controls``,
+    ``mapping_net``, ``mapping_net_info``) plus the :data:`OPTIONAL_PARTS`. A missing generator,
+    control part or MappingNet is a :class:`~.parts.MissingPart` (its first use says which part it is
+    and how to get one); a missing optional part is None. A part that is there but damaged is an
+    error now. ``pipeline.json`` (written by ``mm2latent assemble``) is informational."""
+    import json
+
+    from .clip import load_clip
+    from .parts import MissingPart
+
+    d = Path(weights) if weights is not None else default_weights_dir()
+    if not d.is_dir():
+        raise UserError(f"weights directory {d} does not exist" if not d.exists() else f"{d} is not a directory")
+
+    def has(name: str) -> bool:
+        return (d / COMPONENT_FILES[name]).exists()
+
+    if not any(has(n) for n in PIPELINE_PARTS):
+        raise UserError(f"no generator weights nor any other pipeline part in {d} (expected e.g. "
+                        "generator.safetensors and mapping_net.safetensors); write a pipeline folder with "
+                        "'mm2latent assemble'")
+    out: dict[str, Any] = {"generator": MissingPart("generator"), "generator_info": {},
+                           "mapping_net": MissingPart("mapping_net"), "mapping_net_info": {}}
+    if has("generator"):
+        out.update(load_components(d, need=("generator",)))
+    if has("mapping_net"):
+        out.update(load_components(d, need=("mapping_net",)))
+    parts = {p: ((load_clip(d / COMPONENT_FILES[p]) if p == "encoder" else load_part_file(d / COMPONENT_FILES[p], p))
+                 if has(p) else MissingPart(p)) for p in CONTROL_PARTS}
+    extra = {k: load_module_file(d / f"{k}.safetensors", k) for k in component_classes()
+             if (d / f"{k}.safetensors").exists()}
+    out["controls"] = ControlEncoders(**parts, extra=extra)
+    for name in OPTIONAL_PARTS:
+        out[name] = load_components(d, need=(name,))[name] if has(name) else None
+    manifest = d / "pipeline.json"
+    out["manifest"] = {}
+    if manifest.exists():
+        try:
+            out["manifest"] = json.loads(manifest.read_text("utf-8"))
+        except (OSError, ValueError) as e:
+            raise UserError(f"pipeline manifest {manifest} is damaged: {e}") from None
+    return out
 
 @dataclass
 class Perception:

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common.checkpoint import load_state_strict
 from ..common.errors import UserError
 
 GENERATOR_KIND = "stylegan2-generator"
@@ -623,20 +624,7 @@ def save_generator(path: str | os.PathLike, G: Generator, dtype: torch.dtype | N
 
 def load_state_checked(module: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
     """load_state_dict with one readable UserError for missing/extra/mis-shaped tensors."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
-        raise UserError(f"{what} does not match the StyleGAN2 architecture: " + "; ".join(parts))
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise UserError(f"{what}: tensor {k} has shape {tuple(sd[k].shape)}, expected {tuple(v.shape)}")
-    module.load_state_dict({k: sd[k].to(v.dtype) for k, v in own.items()})
+    load_state_strict(module, sd, what, "StyleGAN2")
 
 
 def read_generator(path: str | os.PathLike) -> tuple[Generator, dict]:

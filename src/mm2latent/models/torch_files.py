@@ -5,9 +5,8 @@
 legacy pre-1.6 format) and turns every failure into one :class:`UserError`
 line: a file that would need a Python global (a pickled object, a function
 such as ``posix.system``) is refused before anything from it runs, and a
-truncated or corrupt file says so. :func:`load_state_strict` copies a state
-dict into a module with the same one-line errors for missing, unexpected and
-mis-shaped tensors.
+truncated or corrupt file says so. (The strict copy of a state dict into a
+module with one-line errors is :func:`mm2latent.common.checkpoint.load_state_strict`.)
 """
 
 from __future__ import annotations
@@ -23,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from ..common.errors import UserError
 from ..common.fileio import check_input_file
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (its network is code inside the file: never loaded)."""
     try:
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
@@ -76,7 +75,7 @@ def read_torch_file(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """
     p = check_input_file(path, what)
     is_zip = zipfile.is_zipfile(p)
-    if is_zip and _is_torchscript(p):
+    if is_zip and is_torchscript(p):
         raise UserError(f"{what} {p} is a TorchScript archive, not a torch.save checkpoint; this loader reads "
                         "only state dicts")
     with warnings.catch_warnings():
@@ -106,28 +105,3 @@ def tensor_dict(obj: Any, what: str) -> dict[str, torch.Tensor]:
     if bad:
         raise UserError(f"{what}: entries that are not named tensors: {', '.join(map(str, bad[:5]))}")
     return dict(obj)
-
-
-def load_state_strict(module: nn.Module, sd: Mapping[str, torch.Tensor], what: str, arch: str) -> nn.Module:
-    """Copy ``sd`` into ``module``: every tensor present, none extra, every shape equal.
-
-    Floating tensors are cast to the module's dtype; errors are one
-    :class:`UserError` line that names the architecture ``arch``.
-    """
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s) (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {', '.join(unexpected[:3])})")
-        raise UserError(f"{what} does not match the {arch} architecture: " + "; ".join(parts))
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise UserError(f"{what}: tensor {k} has shape {tuple(sd[k].shape)}, the {arch} architecture "
-                            f"expects {tuple(v.shape)}")
-    cast = {k: sd[k].detach().to(v.dtype) for k, v in own.items()}
-    module.load_state_dict(cast, strict=True)
-    return module

@@ -13,6 +13,11 @@ holds one safetensors + JSON pair per model; what it holds and how it loads is
     parser, analyzer, mask_ae, sketch_ae, coeff_ae   perception stack
     mapping_net    MappingNet (kind mapping_net)
     image_encoder  image -> latent inverter (optional; needed for editing)
+    e4e_encoder    an e4e/pSp W+ encoder (optional; ``mm2latent assemble --encoder``)
+
+A pipeline folder may lack parts (``mm2latent assemble`` writes any subset):
+the pipeline starts, and a call that needs a missing part raises a one-line
+UserError naming it and how to get one (:mod:`mm2latent.models.parts`).
 
 ``generate(**controls)`` (or ``pipe(**controls)``) takes one keyword per
 registered control (:data:`mm2latent.models.controls.CONTROLS`: ``text``,
@@ -57,7 +62,8 @@ import torch.nn.functional as F
 
 from ..common.errors import UserError
 from ..models.controls import ControlEncoders, embed_controls, get_control, one_of
-from ..models.registry import default_weights_dir, load_components, load_optional
+from ..models.parts import MissingPart, is_missing
+from ..models.registry import default_weights_dir, load_folder
 
 
 # ---------------------------------------------------------------------------- pipeline
@@ -69,37 +75,52 @@ class GenerationPipeline:
 
     def __init__(self, generator, controls: ControlEncoders, mapping_net, image_encoder=None,
                  text_noise_std: float = 0.0, info: dict | None = None, latent_prior=None, wplus_inverter=None,
-                 text_guidance: float = 0.0, guidance_from_layer: int = 0):
-        self.G = generator.eval().requires_grad_(False)
+                 text_guidance: float = 0.0, guidance_from_layer: int = 0, e4e_encoder=None):
+        # a missing part (None or MissingPart) stays a MissingPart: its first use names it
+        self.G = generator.eval().requires_grad_(False) if not is_missing(generator) else MissingPart("generator")
+        has_g = not is_missing(self.G)
         self.latent_prior = latent_prior.eval() if latent_prior is not None else None
-        if self.latent_prior is not None and self.latent_prior.config.dim != self.G.w_dim:
+        if self.latent_prior is not None and has_g and self.latent_prior.config.dim != self.G.w_dim:
             raise UserError(f"the latent prior is {self.latent_prior.config.dim}-d but the generator's w is "
                             f"{self.G.w_dim}-d: they were not made together")
         self.controls = controls
-        self.mapping = mapping_net.eval().requires_grad_(False)
+        self.mapping = (mapping_net.eval().requires_grad_(False) if not is_missing(mapping_net)
+                        else MissingPart("mapping_net"))
         self.image_encoder = image_encoder.eval().requires_grad_(False) if image_encoder is not None else None
         self.wplus_inverter = wplus_inverter.eval().requires_grad_(False) if wplus_inverter is not None else None
-        if self.wplus_inverter is not None:
+        self.e4e_encoder = e4e_encoder.eval().requires_grad_(False) if e4e_encoder is not None else None
+        if self.e4e_encoder is not None and has_g:
+            n, d = self.e4e_encoder.n_styles, self.e4e_encoder.style_dim
+            if (n, d) != (self.G.num_ws, self.G.w_dim):
+                raise UserError(f"the e4e encoder makes {n}x{d} W+ codes but the generator takes "
+                                f"{self.G.num_ws}x{self.G.w_dim}: they were not made together")
+        if self.wplus_inverter is not None and has_g:
             c = self.wplus_inverter.config
             if (c.num_ws, c.w_dim) != (self.G.num_ws, self.G.w_dim):
                 raise UserError(f"the W+ inverter makes {c.num_ws}x{c.w_dim} codes but the generator takes "
                                 f"{self.G.num_ws}x{self.G.w_dim}: they were not made together")
         self.text_noise_std = float(text_noise_std)
-        self.text_guidance, self.guidance_from_layer = check_guidance(text_guidance, guidance_from_layer, self.G.num_ws)
+        self.text_guidance, self.guidance_from_layer = check_guidance(text_guidance, guidance_from_layer,
+                                                                      self.G.num_ws if has_g else None)
         self.info = info or {}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> "GenerationPipeline":
-        comp = load_components(path)
+        """Load a weights directory or pipeline folder (default: the shipped weights). Parts it lacks
+        are left out: the pipeline starts, and using one says which part is missing."""
+        comp = load_folder(path)
         d = Path(path) if path is not None else default_weights_dir()
-        optional = {name: load_optional(d, name) for name in ("image_encoder", "latent_prior", "wplus_inverter")}
         minfo = comp["mapping_net_info"]
-        pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], optional["image_encoder"],
-                   text_noise_std=float(minfo.get("text_noise_std", 0.0)), info={"weights": str(d)},
-                   latent_prior=optional["latent_prior"], wplus_inverter=optional["wplus_inverter"],
+        missing = [n for n in ("generator", "mapping_net") if is_missing(comp[n])]
+        missing += [n for n in ("encoder", "parser", "analyzer", "mask_ae", "sketch_ae", "coeff_ae")
+                    if not comp["controls"].has(n)]
+        pipe = cls(comp["generator"], comp["controls"], comp["mapping_net"], comp["image_encoder"],
+                   text_noise_std=float(minfo.get("text_noise_std", 0.0)),
+                   info={"weights": str(d), "missing": missing, "manifest": comp["manifest"]},
+                   latent_prior=comp["latent_prior"], wplus_inverter=comp["wplus_inverter"],
                    text_guidance=float(minfo.get("text_guidance", 0.0)),
-                   guidance_from_layer=int(minfo.get("guidance_from_layer", 0)))
-        if pipe.mapping.config.w_dim != pipe.G.w_dim:
+                   guidance_from_layer=int(minfo.get("guidance_from_layer", 0)), e4e_encoder=comp["e4e_encoder"])
+        if not missing_any(pipe.mapping, pipe.G) and pipe.mapping.config.w_dim != pipe.G.w_dim:
             raise UserError(f"mapping_net in {d} outputs {pipe.mapping.config.w_dim}-d w but the generator takes "
                             f"{pipe.G.w_dim}-d w: they were not trained together")
         return pipe
@@ -220,6 +241,10 @@ class GenerationPipeline:
 
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
         return analyze_image(self.controls.analyzer, img)[0]
+
+
+def missing_any(*parts) -> bool:
+    return any(is_missing(p) for p in parts)
 
 
 def check_guidance(scale: float, from_layer: int, num_ws: int | None) -> tuple[float, int]:

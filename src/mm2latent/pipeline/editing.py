@@ -6,8 +6,10 @@ this module depends on the core, never the reverse.
 
 Inversion, in one pass: the e4e-style W+ inverter (``wplus_inverter``: w plus
 small per-layer offsets, :class:`~mm2latent.models.inversion.WPlusInverter`)
-when the weights have one, else the generator-AE's image encoder
-(``w = G.mapping(mu(x))``, one w for every layer). ``refine_steps`` > 0 then
+when the weights have one, else a published e4e/pSp encoder
+(``e4e_encoder``, :class:`~mm2latent.models.e4e.E4EImageEncoder`, put in a
+pipeline folder by ``mm2latent assemble --encoder``), else the generator-AE's
+image encoder (``w = G.mapping(mu(x))``, one w for every layer). ``refine_steps`` > 0 then
 optimises the W+ code by Adam on pixel L1 + downsampled L2 + a feature loss
 (cosine distance of the world image encoder's embeddings) with a pull towards
 the one-pass code (the regulariser keeps it editable). ``tune_steps`` > 0 then
@@ -63,7 +65,7 @@ class Inversion:
     seconds: float
     alignment: str
     history: list[float] = field(default_factory=list)
-    method: str = "w"  # "wplus" (W+ inverter) or "w" (image encoder), "+refined" / "+tuned" when optimised
+    method: str = "w"  # "wplus" (W+ inverter), "e4e" (e4e/pSp encoder) or "w" (image encoder); "+refined" / "+tuned"
     synthesis: Any = None  # a pivot-tuned copy of G.synthesis for this photo (None: the shared one)
 
     def draw(self, ws: torch.Tensor, default_synthesis) -> torch.Tensor:
@@ -118,15 +120,23 @@ class Pipeline(GenerationPipeline):
     (``invert``, ``edit``, ``reconstruct``); see the module docstrings. Load with :meth:`from_pretrained`."""
 
     def _need_inverter(self, inverter: str = "auto"):
-        """(module, "wplus" | "w") for ``inverter`` in auto / wplus / w."""
+        """(module, "wplus" | "e4e" | "w") for ``inverter`` in auto / wplus / w (``wplus``: the W+
+        inverter, else the e4e/pSp encoder)."""
+        from ..models.parts import MissingPartError, missing_part_message
+
         if inverter not in ("auto", "wplus", "w"):
             raise UserError("inverter must be auto, wplus or w")
         if inverter in ("auto", "wplus") and self.wplus_inverter is not None:
             return self.wplus_inverter, "wplus"
+        if inverter in ("auto", "wplus") and self.e4e_encoder is not None:
+            return self.e4e_encoder, "e4e"
         if inverter == "wplus":
-            raise UserError("these weights have no W+ inverter (wplus_inverter.safetensors); use inverter 'w'")
+            raise UserError("these weights have no W+ inverter (wplus_inverter.safetensors or e4e_encoder.safetensors);"
+                            " use inverter 'w'")
         if self.image_encoder is None:
-            raise UserError("these weights have no image_encoder (image_encoder.safetensors); editing needs one")
+            if inverter == "w":
+                raise UserError("these weights have no image_encoder (image_encoder.safetensors); editing needs one")
+            raise MissingPartError(missing_part_message("inverter"))
         return self.image_encoder, "w"
 
     @torch.no_grad()
@@ -134,6 +144,8 @@ class Pipeline(GenerationPipeline):
         """Aligned images (B, 3, R, R) in [-1, 1] -> their W+ codes (B, L, D) from the one-pass
         inverter, and which inverter gave them ("wplus" or "w")."""
         enc, method = self._need_inverter(inverter)
+        if method == "e4e":  # resizes to its own input size (256); W+ of the generator's layer count
+            return enc.encode(x), method
         size = enc.config.encoder["size"] if method == "wplus" else enc.config.size
         xe = x if size == x.shape[-1] else F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return (enc(xe)[0] if method == "wplus" else self.G.broadcast(self.G.mapping(enc(xe)[0]))), method

@@ -69,6 +69,8 @@ class CLIPTrainOptions:
     hard_negatives: bool = False         # add one attribute-flipped caption per image as a negative
     attr_weight: float = 0.0             # shared attribute head on image and text embeddings (see module doc)
     init: str | None = None              # start from this exported CLIP (weights and config)
+    device: str = "auto"                 # auto (the GPU when there is one) | cpu | cuda
+    amp: str = "none"                    # none | bf16 | fp16: autocast of the forward passes
 
 
 def eot_lengths(tokens: torch.Tensor) -> torch.Tensor:
@@ -96,8 +98,10 @@ class CLIPTrainer:
             self.model = load_clip(opts.init)
         else:
             self.model = CLIP(clip_config(opts.config))
-        self.model.train()
-        self.attr_head = torch.nn.Linear(self.model.config.embed_dim, len(ATTRIBUTES)) if opts.attr_weight > 0 else None
+        self.compute = st.Compute(opts.device, opts.amp)
+        self.model.train().to(self.compute.device)
+        self.attr_head = (torch.nn.Linear(self.model.config.embed_dim, len(ATTRIBUTES)).to(self.compute.device)
+                          if opts.attr_weight > 0 else None)
         decay, no_decay = [], []
         params = list(self.model.named_parameters())
         if self.attr_head is not None:
@@ -151,18 +155,19 @@ class CLIPTrainer:
     def train_step(self) -> dict[str, float]:
         for g in self.opt.param_groups:
             g["lr"] = _cosine_lr(self.step, self.o)
-        images, tokens = self.batch()
-        img = self.model.encode_image(images)
-        txt = self.model.encode_text(tokens)  # (B, D), or (2B, D): the captions, then their hard negatives
+        images, tokens = (self.compute.to(t) for t in self.batch())
+        with self.compute.autocast():
+            img = self.model.encode_image(images).float()
+            txt = self.model.encode_text(tokens).float()  # (B, D), or (2B, D): the captions, then their hard negatives
         scale = self.model.logit_scale.exp().clamp(max=100)
         n = len(img)
         logits_i2t = scale * img @ txt.t()  # (B, B) or (B, 2B)
         logits = logits_i2t[:, :n]
-        target = torch.arange(n)
+        target = torch.arange(n, device=img.device)
         loss = 0.5 * (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits.t(), target))
         extra = {}
         if self.attr_head is not None:
-            attrs, fact_value, fact_mask = self.targets
+            attrs, fact_value, fact_mask = (self.compute.to(t) for t in self.targets)
             scale_in = math.sqrt(img.shape[1])  # unit vectors -> entries of order one
             l_img = F.binary_cross_entropy_with_logits(self.attr_head(img * scale_in), attrs)
             per = F.binary_cross_entropy_with_logits(self.attr_head(txt[:n] * scale_in), fact_value, reduction="none")
@@ -172,9 +177,7 @@ class CLIPTrainer:
         else:
             loss_total = loss
         self.opt.zero_grad(set_to_none=True)
-        loss_total.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        self.opt.step()
+        self.compute.step(loss_total, self.opt, clip=1.0, params=self.params)
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
             acc = (logits.argmax(1) == target).float().mean().item()
@@ -195,7 +198,7 @@ class CLIPTrainer:
             tensors.update(st.module_tensors("attr_head", self.attr_head))
         ot, ometa = st.flatten_optimizer(self.opt, "opt")
         tensors.update(ot)
-        tensors.update({f"rng.{k}": v for k, v in st.rng_state_tensors().items()})
+        tensors.update({f"rng.{k}": v for k, v in st.rng_state_tensors(self.compute.device).items()})
         rng_state = self.rng.bit_generator.state
         meta = {"options": asdict(self.o), "optim": ometa, "data_rng": json.loads(json.dumps(rng_state, default=int)),
                 "model_config": self.model.config.to_dict()}
@@ -206,7 +209,7 @@ class CLIPTrainer:
         if self.attr_head is not None:
             st.load_module_tensors("attr_head", self.attr_head, tensors)
         st.unflatten_optimizer(self.opt, "opt", tensors, meta["optim"])
-        st.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+        st.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, self.compute.device)
         self.rng.bit_generator.state = meta["data_rng"]
         self.step = int(meta["step"])
 
@@ -290,7 +293,7 @@ def train_clip(opts: CLIPTrainOptions, resume: bool = False, export: str | None 
         if found:
             stem, tensors, meta = found
             saved = dict(meta["options"])
-            for k in ("steps", "minutes", "ckpt_every", "out", "data"):
+            for k in ("steps", "minutes", "ckpt_every", "out", "data", "device", "amp"):
                 saved.pop(k, None)
             mine = {k: v for k, v in asdict(opts).items() if k in saved}
             if mine != saved:

@@ -40,8 +40,7 @@ from ..common.fileio import check_writable_dir, write_text_atomic
 from ..models.inversion import ImageEncoder, ImageEncoderConfig, kl_to_standard_normal
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, save_generator
 from . import state as ckpt
-from .state import DataOrder
-from .stylegan2 import pick_device
+from .state import DataOrder, pick_device
 
 TRAIN_KIND = "generator-ae-train"
 #: default softmax temperature of :func:`class_share_loss` (1 = the parser's own probabilities; -> 0 = argmax)

@@ -48,7 +48,7 @@ from ..world.dataset import SPLIT_SEEDS
 from . import state as ckpt
 from .recipe import build_options
 from .state import DataOrder
-from .stylegan2 import AUGMENTS, diff_augment, pick_device
+from .stylegan2 import AUGMENTS, diff_augment
 
 TRAIN_KIND = "world-generator-train"
 STAGES = ("supervised", "adversarial", "encoder")
@@ -156,7 +156,8 @@ class WorldGeneratorTrainer:
     def __init__(self, recipe: GeneratorRecipe, run: RunOptions, data: CachedWorldDataset | None = None):
         recipe.validate()
         self.recipe, self.run = recipe, run
-        self.device = pick_device(run.device)
+        self.compute = ckpt.Compute(run.device, run.amp)
+        self.device = self.compute.device
         self.data = data if data is not None else CachedWorldDataset(recipe.data)
         if self.data.size != recipe.resolution:
             raise UserError(f"{recipe.data} holds {self.data.size}px renders; the recipe trains {recipe.resolution}px")
@@ -177,11 +178,6 @@ class WorldGeneratorTrainer:
         self.order = DataOrder(len(self.data), recipe.seed)
         self.step = 0
         self.elapsed = 0.0
-        amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if run.amp not in amp:
-            raise UserError(f"--amp must be one of {', '.join(amp)}")
-        self.amp_dtype = amp[run.amp]
-        self.scaler = torch.amp.GradScaler(dev.type, enabled=run.amp == "fp16")
         # compiled views share parameters with the modules; R1 needs double backward and uses plain D
         self.G_fwd = torch.compile(self.G) if run.compile else self.G
         self.D_fwd = torch.compile(self.D) if run.compile else self.D
@@ -202,8 +198,7 @@ class WorldGeneratorTrainer:
         return self.step * self.recipe.batch
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+        return self.compute.autocast()
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.array(self.order.take(self.recipe.batch))
@@ -212,9 +207,7 @@ class WorldGeneratorTrainer:
         return b["image"].to(self.device), self.codes[idx].to(self.device)
 
     def _backward(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt)
-        self.scaler.update()
+        self.compute.step(loss, opt)
 
     @staticmethod
     def l1_pyramid(fake: torch.Tensor, real: torch.Tensor, weights) -> torch.Tensor:
@@ -324,7 +317,7 @@ class WorldGeneratorTrainer:
         meta = {"format_version": 1, "recipe": self.recipe.to_dict(), "step": self.step, "nimg": self.nimg,
                 "elapsed": self.elapsed, "stage": self.stage,
                 "data": {"epoch": self.order.epoch, "cursor": self.order.cursor, "n": self.order.n},
-                "scaler": self.scaler.state_dict(), **metas}
+                "scaler": self.compute.scaler.state_dict(), **metas}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, what: str) -> None:
@@ -337,7 +330,7 @@ class WorldGeneratorTrainer:
         for name, opt in (("optG", self.optG), ("optD", self.optD), ("optE", self.optE)):
             ckpt.unflatten_optimizer(opt, name, tensors, meta[name])
         if meta.get("scaler"):
-            self.scaler.load_state_dict(meta["scaler"])
+            self.compute.scaler.load_state_dict(meta["scaler"])
         self.step, self.elapsed = int(meta["step"]), float(meta.get("elapsed", 0.0))
         self.order.epoch, self.order.cursor = int(meta["data"]["epoch"]), int(meta["data"]["cursor"])
         ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, self.device)

@@ -78,9 +78,11 @@ class InverterOptions(ckpt.OptionsDict):
     #: it by the current generator's mapping and image encoder (``weights``), so the base code is again
     #: exactly the W inversion of a generator-AE that was trained on, and only the offset heads carry over
     init_base: str = "inverter"
+    device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda
+    amp: str = "none"  # none | bf16 | fp16: autocast of the forward passes
 
     RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "ckpt_every", "sample_every", "threads", "resume", "data",
-                 "weights")
+                 "weights", "device", "amp")
 
     def validate(self) -> None:
         if self.steps is None and self.minutes is None:
@@ -111,7 +113,9 @@ class InverterTrainer:
             self.generator_info = comp.get("generator_info", {})
         else:
             self.generator_info = {}
-        self.G = generator.eval().requires_grad_(False)
+        self.compute = ckpt.Compute(opts.device, opts.amp)
+        dev = self.compute.device
+        self.G = generator.eval().requires_grad_(False).to(dev)
         if image_encoder.config.size != self.G.resolution:
             raise UserError(f"the image encoder takes {image_encoder.config.size}px images but the generator makes "
                             f"{self.G.resolution}px")
@@ -119,12 +123,16 @@ class InverterTrainer:
             self.inv = load_init(opts.init, self.G, image_encoder if opts.init_base == "weights" else None)
         else:
             self.inv = WPlusInverter.from_parts(image_encoder, self.G, {"head_width": opts.head_width})
+        self.inv.to(dev)
         self.data = data if data is not None else CachedWorldDataset(opts.data)
         if getattr(self.data, "size", self.G.resolution) != self.G.resolution:
             raise UserError(f"data {opts.data} is {self.data.size}px but the generator makes {self.G.resolution}px")
         self.parser = frozen_judge("parser", opts.parser) if opts.parser != "" and opts.seg_weight > 0 else None
         self.analyzer = (frozen_judge("analyzer", opts.analyzer)
                          if opts.analyzer != "" and (opts.attr_weight > 0 or opts.coeff_weight > 0) else None)
+        for judge in (self.parser, self.analyzer):
+            if judge is not None:
+                judge.to(dev)
         base = list(self.inv.encoder.parameters()) + list(self.inv.mapping.parameters())
         groups = [{"params": list(self.inv.heads.parameters()), "lr": opts.lr}]
         if opts.base_lr > 0:
@@ -143,19 +151,20 @@ class InverterTrainer:
         if self.opts.init is not None:
             k = 0
         on = n if k == 0 else min(n, self.step // k)
-        self.inv.active.copy_((torch.arange(n) < on).float())
+        self.inv.active.copy_((torch.arange(n, device=self.inv.active.device) < on).float())
 
     @torch.no_grad()
     def generator_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, true w+) of ``n`` samples: random truncation in [0.5, 1], style mixing with ``mix_prob``."""
-        G = self.G
-        w = G.mapping(torch.randn(n, G.z_dim))
-        w = G.mapping.w_avg.lerp(w, torch.empty(n, 1).uniform_(0.5, 1.0))
+        G, dev = self.G, self.compute.device
+        w = G.mapping(torch.randn(n, G.z_dim, device=dev))
+        w = G.mapping.w_avg.lerp(w, torch.empty(n, 1, device=dev).uniform_(0.5, 1.0))
         ws = G.broadcast(w).clone()
-        w2 = G.mapping.w_avg.lerp(G.mapping(torch.randn(n, G.z_dim)), torch.empty(n, 1).uniform_(0.5, 1.0))
-        cut = torch.randint(1, G.num_ws, (n,))
-        mix = torch.rand(n) < self.opts.mix_prob
-        layer = torch.arange(G.num_ws)[None, :]
+        w2 = G.mapping.w_avg.lerp(G.mapping(torch.randn(n, G.z_dim, device=dev)),
+                                  torch.empty(n, 1, device=dev).uniform_(0.5, 1.0))
+        cut = torch.randint(1, G.num_ws, (n,), device=dev)
+        mix = torch.rand(n, device=dev) < self.opts.mix_prob
+        layer = torch.arange(G.num_ws, device=dev)[None, :]
         sel = (mix[:, None] & (layer >= cut[:, None]))[..., None]
         ws = torch.where(sel, w2[:, None, :], ws)
         return G.synthesis(ws, noise_mode="const"), ws
@@ -163,14 +172,16 @@ class InverterTrainer:
     def train_step(self) -> dict[str, float]:
         o, G = self.opts, self.G
         self._set_active()
-        b = self.data.batch(self.order.take(o.batch))
+        b = self.compute.to(self.data.batch(self.order.take(o.batch)))
         x, nr = b["image"], o.batch
         target_ws = None
         if o.sample_batch:
             xs, target_ws = self.generator_samples(o.sample_batch)
             x = torch.cat([x, xs])
-        ws, offsets = self.inv(x)
-        y = G.synthesis(ws, noise_mode="const")
+        with self.compute.autocast():
+            ws, offsets = self.inv(x)
+            y = G.synthesis(ws, noise_mode="const")
+        ws, offsets, y = ws.float(), offsets.float(), y.float()
         stats: dict[str, float] = {}
         pix = reconstruction_loss(y, x)
         reg = offsets.square().mean()
@@ -184,9 +195,7 @@ class InverterTrainer:
         loss = loss + judge_losses(y[:nr], b, self.parser, self.analyzer, stats, seg_weight=o.seg_weight,
                                    attr_weight=o.attr_weight, coeff_weight=o.coeff_weight)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 5.0)
-        self.opt.step()
+        self.compute.step(loss, self.opt, clip=5.0)
         self.step += 1
         return stats
 
@@ -196,7 +205,7 @@ class InverterTrainer:
         tensors = ckpt.module_tensors("inv", self.inv)
         t, m = ckpt.flatten_optimizer(self.opt, "opt")
         tensors.update(t)
-        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors().items()})
+        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors(self.compute.device).items()})
         meta: dict[str, Any] = {"train": self.opts.to_dict(), "elapsed": self.elapsed,
                                 "order": [self.order.epoch, self.order.cursor], "optim": {"opt": m}}
         return tensors, meta
@@ -207,7 +216,7 @@ class InverterTrainer:
         self.step = int(meta["step"])
         self.elapsed = float(meta["elapsed"])
         self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
-        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, self.compute.device)
         self._set_active()
 
     @torch.no_grad()
@@ -217,12 +226,12 @@ class InverterTrainer:
 
         from ..common.imageio import make_grid
 
-        x = self.data.batch(list(range(n)))["image"]
+        x = self.data.batch(list(range(n)))["image"].to(self.compute.device)
         ws, _ = self.inv(x)
         base = self.G.synthesis(self.G.broadcast(self.inv.base(x)), noise_mode="const")
         full = self.G.synthesis(ws, noise_mode="const")
         rows = torch.cat([x, base, full]).clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-        return make_grid(np.asarray(rows.permute(0, 2, 3, 1).numpy()), n)
+        return make_grid(np.asarray(rows.permute(0, 2, 3, 1).cpu().numpy()), n)
 
 
 def load_init(path: str, G, image_encoder=None) -> WPlusInverter:

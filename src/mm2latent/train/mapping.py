@@ -36,7 +36,13 @@ from .mapping_data import load_mapping_data
 from .state import DataOrder
 
 TRAIN_KIND = "mapping-net-train"
-EMB_KEYS = {"text": "image_emb", "mask": "mask_emb", "sketch": "sketch_emb", "coeffs": "coeff_emb"}
+
+
+def emb_key(modality: str) -> str:
+    """The data array of a modality's embeddings (its control's ``data_key``)."""
+    from ..models.controls import get_control
+
+    return get_control(modality).data_key
 
 
 @dataclass
@@ -67,13 +73,17 @@ class MappingTrainOptions(ckpt.OptionsDict):
     ckpt_minutes: float = 2.0  # checkpoint interval
     threads: int | None = None  # torch CPU threads
     resume: bool = False  # continue the run in --out from its latest checkpoint
+    device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda; under torchrun, one GPU a process
+    amp: str = "none"  # none | bf16 | fp16: autocast of the forward passes
 
-    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "threads", "resume", "data", "weights")
+    RESUMABLE = ("out", "steps", "minutes", "ckpt_minutes", "threads", "resume", "data", "weights", "device", "amp")
 
     def validate(self) -> None:
-        bad = [m for m in self.modalities if m not in MODALITIES]
+        from ..models.controls import control_names
+
+        bad = [m for m in self.modalities if m not in control_names()]
         if bad or not self.modalities:
-            raise UserError(f"--modalities must be a subset of {', '.join(MODALITIES)}")
+            raise UserError(f"--modalities must be a subset of {', '.join(control_names())}")
         if self.steps is not None and self.steps < 1:
             raise UserError("--steps must be positive")
         if self.text_noise_std < 0 or not 0 <= self.drop_prob < 1:
@@ -90,7 +100,8 @@ def pseudo_text(image_emb: torch.Tensor, std: float, generator: torch.Generator 
     """normalise(image embedding + Gaussian noise): MM2Latent's stand-in for a caption embedding."""
     if std <= 0:
         return F.normalize(image_emb, dim=-1)
-    noise = torch.randn(image_emb.shape, generator=generator) if generator is not None else torch.randn_like(image_emb)
+    noise = (torch.randn(image_emb.shape, generator=generator).to(image_emb.device) if generator is not None
+             else torch.randn_like(image_emb))
     return F.normalize(image_emb + std * noise, dim=-1)
 
 
@@ -101,15 +112,15 @@ class MappingTrainer:
     checkpoints."""
 
     def __init__(self, opts: MappingTrainOptions, data: dict[str, np.ndarray] | None = None, env=None):
-        from .stylegan2 import DistEnv
-
         opts.validate()
         self.opts = opts
-        self.env = env or DistEnv()
+        self.env = env or ckpt.DistEnv(device=ckpt.pick_device(opts.device))
+        self.compute = ckpt.Compute(self.env.device.type, opts.amp, self.env.device.index or 0)
+        dev = self.compute.device
         if opts.batch % self.env.world_size:
             raise UserError(f"--batch {opts.batch} must be divisible by the {self.env.world_size} processes")
         torch.manual_seed(opts.seed)
-        names = ("w", "mask") + (("attributes",) if opts.attr_weight > 0 else ()) + tuple(EMB_KEYS[m] for m in opts.modalities)
+        names = ("w", "mask") + (("attributes",) if opts.attr_weight > 0 else ()) + tuple(emb_key(m) for m in opts.modalities)
         d = data if data is not None else load_mapping_data(opts.data, names)
         missing = [k for k in names if k not in d]
         if missing:
@@ -118,7 +129,7 @@ class MappingTrainer:
         n_val = max(1, int(round(n * opts.val_fraction)))
         if n - n_val < opts.batch:
             raise UserError(f"{n} samples are too few for batch {opts.batch}")
-        self.t = {k: torch.from_numpy(np.asarray(d[k], dtype=np.uint8 if k == "mask" else np.float32))
+        self.t = {k: torch.from_numpy(np.asarray(d[k], dtype=np.uint8 if k == "mask" else np.float32)).to(dev)
                   for k in names}
         self.n_train = n - n_val
         w = self.t["w"]
@@ -128,17 +139,17 @@ class MappingTrainer:
             from ..models.registry import load_components
 
             comp = load_components(opts.weights, need=("generator",))
-            self.G = comp["generator"].requires_grad_(False)
+            self.G = comp["generator"].requires_grad_(False).to(dev)
             num_ws = self.G.num_ws if opts.wplus else 1
         if opts.seg_weight > 0 or opts.attr_weight > 0:
             from ..models.registry import component_file, default_weights_dir, load_module_file
 
             wd = Path(opts.weights) if opts.weights else default_weights_dir()
             if opts.seg_weight > 0:
-                self.parser = load_module_file(component_file(wd, "parser"), "parser").requires_grad_(False)
+                self.parser = load_module_file(component_file(wd, "parser"), "parser").requires_grad_(False).to(dev)
             if opts.attr_weight > 0:
-                self.analyzer = load_module_file(component_file(wd, "analyzer"), "analyzer").requires_grad_(False)
-        dims = {m: self.t[EMB_KEYS[m]].shape[1] for m in opts.modalities}
+                self.analyzer = load_module_file(component_file(wd, "analyzer"), "analyzer").requires_grad_(False).to(dev)
+        dims = {m: self.t[emb_key(m)].shape[1] for m in opts.modalities}
         self.net = MappingNet(MappingNetConfig(dims=dims, w_dim=w.shape[1], num_ws=num_ws, hidden=opts.hidden,
                                                layers=opts.layers, dropout=opts.dropout))
         train_w = w[:self.n_train]
@@ -146,6 +157,7 @@ class MappingTrainer:
         self.net.w_std.copy_(train_w.std(0).clamp_min(1e-3))
         if opts.init:
             self._load_init(opts.init)
+        self.net.to(dev)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=opts.lr, betas=(0.9, 0.99))
         self.order = DataOrder(self.n_train, opts.seed)
         self.step = 0
@@ -170,7 +182,7 @@ class MappingTrainer:
         if widen:
             state["head.weight"] = state["head.weight"].repeat(mine["num_ws"], 1)
             state["head.bias"] = state["head.bias"].repeat(mine["num_ws"])
-        self.net.load_state_dict(state)
+        self.net.load_state_dict({k: v.to(self.net.w_mean.device) for k, v in state.items()})
 
     def lr_at(self, step: int) -> float:
         total = self.opts.steps or 10**9
@@ -181,17 +193,17 @@ class MappingTrainer:
 
     def inputs(self, idx: torch.Tensor, train: bool) -> tuple[dict, dict | None]:
         o = self.opts
-        emb = {m: self.t[EMB_KEYS[m]][idx] for m in o.modalities}
+        emb = {m: self.t[emb_key(m)][idx] for m in o.modalities}
         if "text" in emb:
             emb["text"] = pseudo_text(emb["text"], o.text_noise_std)
         present = None
         if train and o.drop_prob > 0:
-            present = {m: torch.rand(len(idx)) >= o.drop_prob for m in o.modalities}
+            present = {m: torch.rand(len(idx)).to(self.compute.device) >= o.drop_prob for m in o.modalities}
         return emb, present
 
     def train_step(self) -> dict[str, float]:
         o = self.opts
-        idx = torch.as_tensor(self.order.take(o.batch))
+        idx = torch.as_tensor(self.order.take(o.batch), device=self.compute.device)
         if self.env.world_size > 1:
             lb = o.batch // self.env.world_size
             idx = idx[self.env.rank * lb:(self.env.rank + 1) * lb]
@@ -199,28 +211,30 @@ class MappingTrainer:
             g["lr"] = self.lr_at(self.step)
         self.net.train()
         emb, present = self.inputs(idx, train=True)
-        pred = self.net(emb, present)
-        loss, stats = w_loss(pred, self.t["w"][idx], center=self.net.w_mean, cos_weight=o.cos_weight)
-        if self.parser is not None or self.analyzer is not None:
-            loss = loss + self.image_space_loss(pred, idx, stats)
+        with self.compute.autocast():
+            pred = self.net(emb, present).float()
+            loss, stats = w_loss(pred, self.t["w"][idx], center=self.net.w_mean, cos_weight=o.cos_weight)
+            if self.parser is not None or self.analyzer is not None:
+                loss = loss + self.image_space_loss(pred, idx, stats)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.env.world_size > 1:
-            import torch.distributed as dist
-
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.net.parameters()]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= self.env.world_size
-            k = 0
-            for p, g in zip(self.net.parameters(), grads):
-                p.grad = flat[k:k + g.numel()].view_as(g).clone()
-                k += g.numel()
-        self.opt.step()
+        self.compute.step(loss, self.opt, before_step=self.average_gradients if self.env.world_size > 1 else None)
         self.step += 1
         stats["loss"] = loss.item()
         self.stats = stats
         return stats
+
+    def average_gradients(self) -> None:
+        """All-reduce the gradients over the ranks (one flat tensor), so every rank takes the same step."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.net.parameters()]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.env.world_size
+        k = 0
+        for p, g in zip(self.net.parameters(), grads):
+            p.grad = flat[k:k + g.numel()].view_as(g).clone()
+            k += g.numel()
 
     def image_space_loss(self, pred: torch.Tensor, idx: torch.Tensor, stats: dict) -> torch.Tensor:
         """The judges' losses on G(w_pred) for the first ``seg_batch`` samples (one generator pass)."""
@@ -249,7 +263,7 @@ class MappingTrainer:
         out = {}
         subsets = {"all": self.opts.modalities, **{f"{m}_only": [m] for m in self.opts.modalities}}
         for name, mods in subsets.items():
-            emb = {m: self.t[EMB_KEYS[m]][idx] if m in mods else None for m in self.opts.modalities}
+            emb = {m: self.t[emb_key(m)][idx] if m in mods else None for m in self.opts.modalities}
             if emb.get("text") is not None:
                 emb["text"] = pseudo_text(emb["text"], self.opts.text_noise_std, g)
             _, s = w_loss(self.net(emb, batch=len(idx)), self.t["w"][idx], center=self.net.w_mean)
@@ -276,7 +290,7 @@ class MappingTrainer:
         tensors = ckpt.module_tensors("net", self.net)
         t, m = ckpt.flatten_optimizer(self.opt, "opt")
         tensors.update(t)
-        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors().items()})
+        tensors.update({f"rng.{k}": v for k, v in ckpt.rng_state_tensors(self.compute.device).items()})
         return tensors, {"train": self.opts.to_dict(), "optim": m, "elapsed": self.elapsed,
                          "order": [self.order.epoch, self.order.cursor]}
 
@@ -285,7 +299,7 @@ class MappingTrainer:
         ckpt.unflatten_optimizer(self.opt, "opt", tensors, meta["optim"])
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
         self.order.epoch, self.order.cursor = (int(v) for v in meta["order"])
-        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")})
+        ckpt.set_rng_state_tensors({k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}, self.compute.device)
 
 
 def export(tr: MappingTrainer, path: Path, val: dict | None = None) -> None:
@@ -305,11 +319,9 @@ def export(tr: MappingTrainer, path: Path, val: dict | None = None) -> None:
 
 def train_mapping(opts: MappingTrainOptions, data: dict | None = None, export_to: str | None = None) -> MappingTrainer:
     """Run (or resume) a MappingNet training; under torchrun each process calls this, rank 0 writes."""
-    from .stylegan2 import init_distributed
-
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    env = init_distributed("cpu")
+    env = ckpt.init_distributed(opts.device)
     try:
         trainer = _train_mapping(opts, data, export_to, env)
         if env.owns_group:  # every rank done (rank 0 exports last) before the group is torn down:

@@ -26,9 +26,10 @@ On disk (``OUT/``): ``meta.json`` (count, chunk size, seed, truncation, the
 weights used, array names) and one ``chunk-XXXXX.npz`` per ``chunk`` samples
 (plain arrays, read with ``allow_pickle=False``):
 
-    z (n, z_dim) f32, w (n, w_dim) f32, image_emb / mask_emb / sketch_emb /
-    coeff_emb (n, 512) f16, mask (n, M, M) u8, sketch (n, K, K) u8 (1 = line),
-    coeffs (n, 13) f32 (normalised units), attributes (n, A) f16 (probabilities)
+    z (n, z_dim) f32, w (n, w_dim) f32, one embedding array (n, D) f16 per registered
+    control that can be read off images (``Control.data_key``: image_emb / mask_emb /
+    sketch_emb / coeff_emb for the built-in ones), mask (n, M, M) u8, sketch (n, K, K) u8
+    (1 = line), coeffs (n, 13) f32 (normalised units), attributes (n, A) f16 (probabilities)
 
 Chunks are written atomically and skipped when present, so an interrupted
 run resumes where it stopped, and ``shard=(i, n)`` makes process i of n do
@@ -48,6 +49,19 @@ from ..common.errors import UserError
 from ..common.fileio import atomic_path, write_text_atomic
 from ..common.progress import progress
 
+#: the arrays every chunk holds besides the controls' embeddings (see :func:`data_arrays`)
+BASE_ARRAYS = ("z", "w", "mask", "sketch", "coeffs", "attributes")
+
+
+def data_arrays() -> tuple[str, ...]:
+    """Every array of a chunk: the base ones and each registered control's embedding array
+    (``Control.data_key``), so a plug-in control that can be read off images gets its own."""
+    from ..models.controls import CONTROLS
+
+    return BASE_ARRAYS[:2] + tuple(dict.fromkeys(c.data_key for c in CONTROLS.values())) + BASE_ARRAYS[2:]
+
+
+#: the arrays of data made with the built-in controls
 ARRAYS = ("z", "w", "image_emb", "mask_emb", "sketch_emb", "coeff_emb", "mask", "sketch", "coeffs", "attributes")
 
 
@@ -67,24 +81,31 @@ def synthesise_const(G, w: torch.Tensor) -> torch.Tensor:
     return G.synthesis(G.broadcast(w), noise_mode="const")
 
 
+def add_controls(parts: dict[str, list], controls, x: torch.Tensor, c: dict[str, torch.Tensor]) -> None:
+    """Append one batch's arrays: every registered control's training embedding (those that can
+    be read off images) and the derived controls themselves."""
+    from ..models.controls import CONTROLS
+
+    for control in CONTROLS.values():
+        emb = control.training_embedding(controls, x, c)
+        if emb is not None:
+            parts.setdefault(control.data_key, []).append(emb.numpy().astype(np.float16))
+    parts["mask"].append(c["mask"].numpy().astype(np.uint8))
+    parts["sketch"].append(c["sketch"][:, 0].numpy().astype(np.uint8))
+    parts["coeffs"].append(c["coeffs"].numpy().astype(np.float32))
+    parts["attributes"].append(c["attributes"].numpy().astype(np.float16))
+
+
 @torch.no_grad()
 def make_chunk(G, controls, z: torch.Tensor, truncation: float, batch: int = 32) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {k: [] for k in ARRAYS}
+    parts: dict[str, list] = {k: [] for k in BASE_ARRAYS}
     for a in range(0, len(z), batch):
         zb = z[a:a + batch]
         w = G.mapping(zb, truncation_psi=truncation)
         x = synthesise_const(G, w)
-        c = controls.derive(x)
         parts["z"].append(zb.numpy())
         parts["w"].append(w.numpy())
-        parts["image_emb"].append(c["image_emb"].numpy().astype(np.float16))
-        parts["mask_emb"].append(controls.embed_mask(c["mask"]).numpy().astype(np.float16))
-        parts["sketch_emb"].append(controls.embed_sketch(c["sketch"]).numpy().astype(np.float16))
-        parts["coeff_emb"].append(controls.embed_coeffs(c["coeffs"]).numpy().astype(np.float16))
-        parts["mask"].append(c["mask"].numpy().astype(np.uint8))
-        parts["sketch"].append(c["sketch"][:, 0].numpy().astype(np.uint8))
-        parts["coeffs"].append(c["coeffs"].numpy().astype(np.float32))
-        parts["attributes"].append(c["attributes"].numpy().astype(np.float16))
+        add_controls(parts, controls, x, controls.derive(x))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -113,7 +134,7 @@ def photo_chunk(G, encoder, controls, photos, seed: int, start: int, stop: int, 
     from ..common.imageio import image_to_tensor
     from ..models.controls import resize_labels
 
-    parts: dict[str, list] = {k: [] for k in ARRAYS + (("text_emb",) if with_captions else ())}
+    parts: dict[str, list] = {k: [] for k in BASE_ARRAYS + (("text_emb",) if with_captions else ())}
     for a in range(start, stop, batch):
         samples = [photos[i] for i in range(a, min(stop, a + batch))]
         x = torch.stack([image_to_tensor(s.image) for s in samples])
@@ -128,14 +149,7 @@ def photo_chunk(G, encoder, controls, photos, seed: int, start: int, stop: int, 
                 mask[k] = resize_labels(torch.from_numpy(s.mask.astype(np.int64))[None], mask.shape[-1])[0]
         parts["z"].append(mu.numpy())
         parts["w"].append(w.numpy())
-        parts["image_emb"].append(c["image_emb"].numpy().astype(np.float16))
-        parts["mask_emb"].append(controls.embed_mask(mask).numpy().astype(np.float16))
-        parts["sketch_emb"].append(controls.embed_sketch(c["sketch"]).numpy().astype(np.float16))
-        parts["coeff_emb"].append(controls.embed_coeffs(c["coeffs"]).numpy().astype(np.float16))
-        parts["mask"].append(mask.numpy().astype(np.uint8))
-        parts["sketch"].append(c["sketch"][:, 0].numpy().astype(np.uint8))
-        parts["coeffs"].append(c["coeffs"].numpy().astype(np.float32))
-        parts["attributes"].append(c["attributes"].numpy().astype(np.float16))
+        add_controls(parts, controls, x, {**c, "mask": mask})
         if with_captions:
             texts = []
             for k, s in enumerate(samples):
@@ -184,7 +198,7 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
         cache = CachedWorldDataset(renders)
     if dataset is not None:
         dataset.size = G.cfg.resolution  # photos at the generator's size, as its renders are
-    arrays = list(ARRAYS) + (["text_emb"] if captions else [])
+    arrays = list(data_arrays()) + (["text_emb"] if captions else [])
     meta = {"num": num, "chunk": chunk, "seed": seed, "truncation": truncation, "arrays": arrays,
             "source": source, "renders": str(renders) if renders else None,
             "photos": str(photos) if photos else None, "captions": str(captions) if captions else None,
@@ -230,10 +244,17 @@ def complete_data_meta(root: Path) -> tuple[dict, int]:
     return meta, n_chunks
 
 
-def load_mapping_data(root: str | os.PathLike, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
-    """All chunks concatenated; refuses incomplete data."""
+def load_mapping_data(root: str | os.PathLike, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """All chunks concatenated (the arrays ``names``, default every one the data holds); refuses
+    incomplete data and names an array it lacks."""
     root = Path(root)
-    _, n_chunks = complete_data_meta(root)
+    meta, n_chunks = complete_data_meta(root)
+    held = tuple(meta.get("arrays", ARRAYS))
+    names = held if names is None else names
+    missing = [n for n in names if n not in held]
+    if missing:
+        raise UserError(f"{root} holds no {missing[0]} array (made before that control was registered, or it "
+                        "cannot be read off images); make the data again")
     parts: dict[str, list] = {k: [] for k in names}
     for k in range(n_chunks):
         with np.load(root / f"chunk-{k:05d}.npz", allow_pickle=False) as f:

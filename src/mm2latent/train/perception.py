@@ -101,6 +101,8 @@ class PerceptionTrainOptions:
     class_weight_power: float = 0.5
     #: mask AE: weight of a Lovász-softmax term (a surrogate of per-class IoU) added to the loss
     lovasz_weight: float = 0.0
+    device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda: where the network runs
+    amp: str = "none"  # none | bf16 | fp16: autocast of the network's forward pass
 
     def validate(self, require_budget: bool = True) -> None:
         if self.task not in TASKS:
@@ -302,6 +304,16 @@ class Task:
     def __init__(self, opts: PerceptionTrainOptions, data):
         self.opts = opts
         self.size = int(getattr(data, "size", 128))
+        self.compute = st.Compute("cpu")  # the trainer's, once it has one
+
+    def forward(self, fn, *inputs):
+        """``fn(*inputs)`` (the model's forward) on the compute device under autocast, its outputs
+        back as float32 on the CPU: data, augmentation (seeded CPU generators) and losses stay on
+        the CPU, so a run gives the same batches on any device; the networks use the GPU."""
+        with self.compute.autocast():
+            out = fn(*(self.compute.to(x) for x in inputs))
+        back = lambda t: t.float().cpu() if isinstance(t, torch.Tensor) else t  # noqa: E731
+        return tuple(back(t) for t in out) if isinstance(out, tuple) else back(out)
 
     def model_config(self) -> dict:
         cfg = dict(self.opts.model)
@@ -365,7 +377,7 @@ class ParserTask(Task):
         img, mask = batch["image"], batch["mask"]
         if self.opts.augment:
             img, mask = augment_image_mask(img, mask, gen)
-        logits = model(img)
+        logits = self.forward(model, img)
         ce = F.cross_entropy(logits, mask, weight=torch.from_numpy(self.weights).float())
         dice = soft_dice_loss(logits, mask, NUM_CLASSES)
         return ce + self.dice_weight * dice, {"ce": ce.item(), "dice": dice.item()}
@@ -404,7 +416,7 @@ class AnalyzerTask(Task):
         if self.opts.augment:
             img, batch["aux_mask"] = integer_shift(img, gen, 4, batch["mask"])
             img = color_jitter(img, gen, strength=0.15)
-        logits, coeffs, seg = model.forward_train(img)
+        logits, coeffs, seg = self.forward(model.forward_train, img)
         y = batch["attributes"]
         # class-balanced BCE: positives and negatives of each attribute weigh
         # the same in total, which is what balanced accuracy measures
@@ -441,7 +453,7 @@ class MaskAETask(ParserTask):
             inp, tgt = augment_mask_pair(mask, gen, p_affine=self.opts.augment_p, p_blobby=self.opts.augment_p)
         else:
             inp, tgt = mask, mask
-        logits = model(F.one_hot(inp, NUM_CLASSES).permute(0, 3, 1, 2).float())
+        logits = self.forward(model, F.one_hot(inp, NUM_CLASSES).permute(0, 3, 1, 2).float())
         ce = F.cross_entropy(logits, tgt, weight=torch.from_numpy(self.weights).float())
         dice = soft_dice_loss(logits, tgt, NUM_CLASSES)
         loss, logs = ce + self.dice_weight * dice, {"ce": ce.item(), "dice": dice.item()}
@@ -466,7 +478,7 @@ class SketchAETask(Task):
             inp, tgt = augment_sketch_pair(sk, gen, p_affine=self.opts.augment_p, p_rough=self.opts.augment_p)
         else:
             inp, tgt = sk, sk
-        logits = model(inp)
+        logits = self.forward(model, inp)
         bce = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=torch.tensor(2.0))
         prob = torch.sigmoid(logits)
         dice = 1 - (2 * (prob * tgt).sum() + 1) / (prob.sum() + tgt.sum() + 1)
@@ -487,7 +499,7 @@ class CoeffAETask(Task):
         inp = c
         if self.opts.augment:
             inp = c + torch.randn(c.shape, generator=gen) * 0.02
-        rec = model(inp)
+        rec = self.forward(model, inp)
         l1 = F.smooth_l1_loss(rec, c, beta=0.02)
         return l1, {"l1": l1.item()}
 
@@ -542,6 +554,8 @@ class PerceptionTrainer:
         if opts.freeze_encoder:
             for m in self.model.encoder_modules():
                 m.requires_grad_(False)
+        self.compute = self.task.compute = st.Compute(opts.device, opts.amp)
+        self.model.to(self.compute.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=opts.lr, weight_decay=opts.weight_decay)
         self.sampler = st.DataOrder(len(self.data), opts.seed, stream=0xDA7A)
@@ -617,8 +631,7 @@ class PerceptionTrainer:
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss at step {self.step}")
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.compute.step(loss, self.opt)
         self.step += 1
         self.images_seen += len(idx)
         self.loss_ema = loss.item() if self.loss_ema is None else 0.95 * self.loss_ema + 0.05 * loss.item()
@@ -631,7 +644,11 @@ class PerceptionTrainer:
         return {"loss_ema": self.loss_ema}
 
     def validate(self, val) -> dict[str, float]:
-        self.last_val = {k: float(v) for k, v in self.task.validate(self.model, val).items()}
+        self.model.cpu()  # the metrics feed CPU batches (parameters move in place; no step comes between)
+        try:
+            self.last_val = {k: float(v) for k, v in self.task.validate(self.model, val).items()}
+        finally:
+            self.model.to(self.compute.device)
         return self.last_val
 
     def export(self, path: str | os.PathLike) -> Path:
@@ -674,7 +691,7 @@ def with_new_decoder(model: torch.nn.Module, task: str, changes: dict) -> torch.
 
 #: options that a resumed run may change (when given); the rest come from the checkpoint
 RESUMABLE_OVERRIDES = ("data", "steps", "minutes", "export", "threads", "val")
-RESUMABLE_SETTINGS = ("ckpt_minutes", "val_limit", "log_every")
+RESUMABLE_SETTINGS = ("ckpt_minutes", "val_limit", "log_every", "device", "amp")
 
 
 def train_perception(opts: PerceptionTrainOptions, resume: bool = False, data=None, quiet: bool = False) -> PerceptionTrainer:

@@ -173,6 +173,100 @@ def load_module_tensors(prefix: str, module: torch.nn.Module, tensors: dict[str,
     module.load_state_dict(sd, strict=True)
 
 
+def pick_device(device: str = "auto", index: int = 0) -> torch.device:
+    """``--device`` (auto, cpu or cuda) as a torch device; auto takes the GPU when there is one."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA device is available")
+    if not use_cuda:
+        return torch.device("cpu")
+    dev = torch.device(f"cuda:{index}")
+    torch.cuda.set_device(dev)
+    return dev
+
+
+@dataclasses.dataclass
+class DistEnv:
+    """This process's place under torchrun (rank 0 of 1 when run alone) and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    owns_group: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Read torchrun's environment; start gloo (CPU) or NCCL (GPU) when WORLD_SIZE > 1."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    if dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+    return DistEnv(rank, world, local, dev, owns)
+
+
+#: ``--amp`` -> the autocast dtype (None: full float32)
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Compute:
+    """Where a trainer computes (``--device``) and in what precision (``--amp``): the device,
+    autocast for the forward passes, and a gradient scaler for fp16 (bf16 and float32 need none).
+    Every trainer goes through one of these, so a run moves between CPU and GPU by its options."""
+
+    def __init__(self, device: str = "auto", amp: str = "none", index: int = 0):
+        if amp not in AMP_DTYPES:
+            raise UserError(f"--amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        self.device = pick_device(device, index)
+        self.amp_dtype = AMP_DTYPES[amp]
+        if amp == "fp16" and self.device.type != "cuda":
+            raise UserError("--amp fp16 needs --device cuda (use bf16 on the CPU)")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def to(self, x):
+        """A tensor, or the tensors of a dict, on the device (other values as they are)."""
+        if isinstance(x, dict):
+            return {k: self.to(v) for k, v in x.items()}
+        return x.to(self.device, non_blocking=True) if isinstance(x, torch.Tensor) else x
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, clip: float | None = None,
+             params=None, before_step=None) -> float | None:
+        """Backward (scaled under fp16), optional gradient-norm clipping of ``params`` (default: the
+        optimizer's), ``before_step()`` (e.g. an all-reduce), optimizer step; returns the norm."""
+        self.scaler.scale(loss).backward()
+        norm = None
+        if clip is not None or before_step is not None:
+            self.scaler.unscale_(optimizer)
+        if before_step is not None:
+            before_step()
+        if clip is not None:
+            ps = params if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
+            norm = float(torch.nn.utils.clip_grad_norm_(ps, clip))
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return norm
+
+
 class DataOrder:
     """The sample order of every trainer: a fresh seeded permutation per epoch.
 
@@ -277,7 +371,7 @@ def run_loop(trainer, opts, run_dir: Path, kind: str, export=None, desc: str = "
     * ``state() -> (tensors, meta)`` (everything an exact resume needs; called on every rank),
     * ``sample_grid()`` (an image, when ``opts.sample_every``),
 
-    and optionally ``env`` (a ``train.stylegan2.DistEnv``: under torchrun every rank runs the loop,
+    and optionally ``env`` (a :class:`DistEnv`: under torchrun every rank runs the loop,
     the ranks agree on when to checkpoint and stop, and rank 0 alone writes files and shows the
     bar), ``images_per_step`` (adds img/s to the bar and the log), ``postfix(stats) -> dict`` (the
     bar's fields; default every stat) and ``log_extra() -> dict`` (more fields for each log line).

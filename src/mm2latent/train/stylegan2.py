@@ -30,7 +30,7 @@ import math
 import os
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -44,7 +44,7 @@ from ..common.fileio import check_writable_dir, write_text_atomic
 from ..common.imageio import make_grid
 from ..models.stylegan2 import Discriminator, Generator, StyleGAN2Config, load_state_checked, save_generator
 from . import state as ckpt
-from .state import DataOrder
+from .state import DataOrder, DistEnv, init_distributed
 from .state import warn as _warn
 
 TRAIN_KIND = "stylegan2-train"
@@ -236,52 +236,6 @@ def _aug_cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
 _AUG: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "translation": _aug_translation, "color": _aug_color, "cutout": _aug_cutout,
 }
-
-
-# =========================================================================== distributed
-
-
-@dataclass
-class DistEnv:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def pick_device(device: str = "auto", index: int = 0) -> torch.device:
-    """``--device`` (auto, cpu or cuda) as a torch device; auto takes the GPU when there is one."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise UserError("--device cuda was requested but no CUDA device is available")
-    if not use_cuda:
-        return torch.device("cpu")
-    dev = torch.device(f"cuda:{index}")
-    torch.cuda.set_device(dev)
-    return dev
-
-
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Read torchrun's environment; start gloo (CPU) or NCCL (GPU) when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local)
-    use_cuda = dev.type == "cuda"
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        owns = True
-    if dist.is_initialized():
-        world, rank = dist.get_world_size(), dist.get_rank()
-    return DistEnv(rank, world, local, dev, owns)
 
 
 # =========================================================================== options

@@ -1,6 +1,7 @@
 """The real-data route on a CelebAMask-HQ-layout tree with small random models: photos and their
 annotated masks and captions -> MappingNet data (inversion + controls read off each photo) ->
-a MappingNet trained on it."""
+a MappingNet trained on it; and the whole route from official-format checkpoints (assemble ->
+data -> train -> generate / edit -> eval real)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,63 @@ def test_photo_route_refusals(weights, tree, tmp_path, capsys):
     assert main(base + ["--source", "photos", "--photos", str(tree), "--captions", str(tmp_path / "nocaps")]) == 2
     assert "has no captions" in capsys.readouterr().err
     assert S == 32  # the tiny models' size: photos are brought to the generator's
+
+
+def test_the_whole_real_route_end_to_end(tree, tmp_path, capsys):
+    """Official-format checkpoints (e4e with its StyleGAN2 decoder, FaRL, BiSeNet; small random
+    ones) -> assemble -> MappingNet data from CelebAMask-HQ-layout photos (W+ targets: the e4e
+    inversions) -> train MappingNet -> assemble with it -> generate and edit -> eval real."""
+    import torch
+
+    from helpers import build_tiny_weights, tiny_clip
+    from mm2latent.pipeline import Pipeline
+    from test_clip import _farl_pth
+    from test_real_loaders import bisenet_table, make_e4e_checkpoint, random_state
+
+    src = tmp_path / "downloads"
+    src.mkdir()
+    make_e4e_checkpoint(src / "e4e_ffhq_encode.pt", seed=2)  # 32 px decoder, 8 ws of 16-d
+    torch.save(random_state(bisenet_table(), seed=4), src / "79999_iter.pth")
+    torch.manual_seed(5)
+    _farl_pth(tiny_clip().eval(), src / "FaRL-Base-Patch16-LAIONFace20M-ep64.pth")
+    ours = build_tiny_weights(tmp_path / "ours")  # the control autoencoders and the analyzer
+    parts = ["--generator", str(src / "e4e_ffhq_encode.pt"), "--encoder", str(src / "e4e_ffhq_encode.pt"),
+             "--text-encoder", str(src / "FaRL-Base-Patch16-LAIONFace20M-ep64.pth"),
+             "--parser", str(src / "79999_iter.pth")]
+    parts += [a for k in ("mask_ae", "sketch_ae", "coeff_ae", "analyzer")
+              for a in (f"--{k.replace('_', '-')}", str(ours / f"{k}.safetensors"))]
+    assert main(["assemble", "--out", str(tmp_path / "real"), *parts]) == 0, capsys.readouterr().err
+
+    data = tmp_path / "real_mdata"
+    assert main(["mapping-data", "--source", "photos", "--photos", str(tree), "--captions", str(tree / "mm"),
+                 "--weights", str(tmp_path / "real"), "--out", str(data), "--chunk", "4"]) == 0, capsys.readouterr().err
+    arrays = load_mapping_data(data)
+    assert arrays["w"].shape == (len(IDS), 8, 16) and "z" not in arrays  # W+ targets from e4e
+    net = tmp_path / "mapping_net.safetensors"
+    assert main(["train", "mapping", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "3", "--batch", "4",
+                 "--hidden", "16", "--layers", "2", "--val-fraction", "0.2", "--modalities", "text,mask,sketch,coeffs",
+                 "--device", "cpu", "--export", str(net)]) == 0, capsys.readouterr().err
+    assert main(["assemble", "--out", str(tmp_path / "real2"), *parts, "--mapping-net", str(net)]) == 0
+
+    pipe = Pipeline.from_pretrained(tmp_path / "real2")
+    assert pipe.mapping.config.num_ws == 8
+    from mm2latent.common.palette import save_mask
+    from mm2latent.datasets import CelebAMaskHQ
+
+    save_mask(tmp_path / "mask.png", CelebAMaskHQ(tree)[0].mask)
+    out = tmp_path / "face.png"
+    assert main(["generate", "--text", "a smiling woman with blond hair", "--mask", str(tmp_path / "mask.png"),
+                 "--seed", "1", "--weights", str(tmp_path / "real2"), "--out", str(out)]) == 0, capsys.readouterr().err
+    assert Image.open(out).size == (32, 32)
+    edited = tmp_path / "edited.png"
+    photo = tree / "CelebA-HQ-img" / "0.jpg"
+    assert main(["edit", str(photo), "--text", "with blond hair", "--weights", str(tmp_path / "real2"),
+                 "--out", str(edited)]) == 0, capsys.readouterr().err
+    assert Image.open(edited).size == (32, 32)
+    report = tmp_path / "report.json"
+    assert main(["eval", "real", "--weights", str(tmp_path / "real2"), "--photos", str(tree), "--captions",
+                 str(tree / "mm"), "--num", "4", "--out", str(report)]) == 0, capsys.readouterr().err
+    r = json.loads(report.read_text())
+    assert r["num"] == 4 and r["inversion"]["method"] == "e4e" and np.isfinite(r["inversion"]["psnr"])
+    assert r["mask_miou"]["num"] == 4 and r["text_image_score"]["num"] == 4
+    assert np.isfinite(r["fid"]["generated_vs_photos"]) and 0 <= r["mask_miou"]["generated_vs_input_masks"] <= 1

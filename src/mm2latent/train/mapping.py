@@ -132,15 +132,18 @@ class MappingTrainer:
         self.t = {k: torch.from_numpy(np.asarray(d[k], dtype=np.uint8 if k == "mask" else np.float32)).to(dev)
                   for k in names}
         self.n_train = n - n_val
-        w = self.t["w"]
-        num_ws = 1
+        w = self.t["w"]  # (n, w_dim), or (n, num_ws, w_dim): W+ targets (e4e inversions of photos)
+        num_ws = w.shape[1] if w.dim() == 3 else 1
         self.G = self.parser = self.analyzer = None
         if opts.seg_weight > 0 or opts.attr_weight > 0 or opts.wplus:
             from ..models.registry import load_components
 
             comp = load_components(opts.weights, need=("generator",))
             self.G = comp["generator"].requires_grad_(False).to(dev)
-            num_ws = self.G.num_ws if opts.wplus else 1
+            if opts.wplus and num_ws == 1:
+                num_ws = self.G.num_ws
+            elif w.dim() == 3 and num_ws != self.G.num_ws:
+                raise UserError(f"the data's W+ targets have {num_ws} layers; the generator has {self.G.num_ws}")
         if opts.seg_weight > 0 or opts.attr_weight > 0:
             from ..models.registry import component_file, default_weights_dir, load_module_file
 
@@ -150,9 +153,9 @@ class MappingTrainer:
             if opts.attr_weight > 0:
                 self.analyzer = load_module_file(component_file(wd, "analyzer"), "analyzer").requires_grad_(False).to(dev)
         dims = {m: self.t[emb_key(m)].shape[1] for m in opts.modalities}
-        self.net = MappingNet(MappingNetConfig(dims=dims, w_dim=w.shape[1], num_ws=num_ws, hidden=opts.hidden,
+        self.net = MappingNet(MappingNetConfig(dims=dims, w_dim=w.shape[-1], num_ws=num_ws, hidden=opts.hidden,
                                                layers=opts.layers, dropout=opts.dropout))
-        train_w = w[:self.n_train]
+        train_w = w[:self.n_train].reshape(-1, w.shape[-1])  # W+: statistics over the layers too
         self.net.w_mean.copy_(train_w.mean(0))
         self.net.w_std.copy_(train_w.std(0).clamp_min(1e-3))
         if opts.init:

@@ -15,7 +15,8 @@ Where z comes from (``source``):
   manifold even where its prior samples are not (see the generator report).
 * ``photos``: real photos (``photos``: a CelebAMask-HQ tree or any image folder,
   :func:`mm2latent.datasets.open_photos`), the real-data route of the MM2Latent
-  paper: w_i is the inversion of photo i (image encoder, then mapping), and the
+  paper: w_i is the inversion of photo i (W+ from an e4e encoder, as the paper's
+  targets are; else the image encoder and the mapping: W, with z), and the
   controls are read off the *photo* -- its annotated mask where the dataset has
   one, else the parser's -- so MappingNet learns to reach real faces' latents
   from real faces' controls. With ``captions`` (MM-CelebA-HQ ``text/<id>.txt``)
@@ -125,12 +126,38 @@ def posterior_z(encoder, renders, seed: int, start: int, stop: int) -> torch.Ten
     return mu + eps * (0.5 * logvar).exp()
 
 
+def photo_inverter(weights: str | os.PathLike | None):
+    """The inverter of a pipeline folder for real photos: its e4e/pSp encoder (W+) when it has
+    one, else its image encoder (z, then the generator's mapping: W)."""
+    from ..models.registry import default_weights_dir, load_optional
+
+    d = Path(weights) if weights else default_weights_dir()
+    inverter = load_optional(d, "e4e_encoder") or load_optional(d, "image_encoder")
+    if inverter is None:
+        raise UserError(f"--source photos needs an image inverter in {d}: an e4e encoder (mm2latent assemble "
+                        "--encoder e4e_ffhq_encode.pt) or an image_encoder.safetensors")
+    return inverter.eval()
+
+
+def invert_photos(G, inverter, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(z or None, w) of photos ``x`` in [-1, 1]: W+ (B, num_ws, w_dim) from an e4e encoder, else
+    the image encoder's posterior mean z and its mapping w (B, w_dim)."""
+    if hasattr(inverter, "latent_avg"):  # an e4e / pSp encoder
+        return None, inverter.encode(x)
+    size = inverter.config.size
+    x_enc = x if x.shape[-1] == size else torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    mu, _ = inverter(x_enc)
+    return mu, G.mapping(mu)
+
+
 @torch.no_grad()
-def photo_chunk(G, encoder, controls, photos, seed: int, start: int, stop: int, with_captions: bool = False,
+def photo_chunk(G, inverter, controls, photos, seed: int, start: int, stop: int, with_captions: bool = False,
                 batch: int = 32) -> dict[str, np.ndarray]:
-    """The arrays of :func:`make_chunk` for photos start..stop-1 of a real dataset: z = the image
-    encoder's posterior mean, w = its mapping, controls read off the photo (the annotated mask
-    when there is one), plus ``text_emb`` of one caption per photo when ``with_captions``."""
+    """The arrays of :func:`make_chunk` for photos start..stop-1 of a real dataset: w = the
+    photo's inversion (:func:`invert_photos`; z too with an image encoder), controls read off the
+    photo (the annotated mask when there is one), plus ``text_emb`` of one caption per photo
+    when ``with_captions``."""
     from ..common.imageio import image_to_tensor
     from ..models.controls import resize_labels
 
@@ -138,16 +165,14 @@ def photo_chunk(G, encoder, controls, photos, seed: int, start: int, stop: int, 
     for a in range(start, stop, batch):
         samples = [photos[i] for i in range(a, min(stop, a + batch))]
         x = torch.stack([image_to_tensor(s.image) for s in samples])
-        x_enc = x if x.shape[-1] == encoder.config.size else torch.nn.functional.interpolate(
-            x, size=(encoder.config.size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        mu, _ = encoder(x_enc)
-        w = G.mapping(mu)
+        mu, w = invert_photos(G, inverter, x)
         c = controls.derive(x)
         mask = c["mask"]
         for k, s in enumerate(samples):  # the annotation, where the dataset has one, over the parser's guess
             if s.mask is not None:
                 mask[k] = resize_labels(torch.from_numpy(s.mask.astype(np.int64))[None], mask.shape[-1])[0]
-        parts["z"].append(mu.numpy())
+        if mu is not None:
+            parts["z"].append(mu.numpy())
         parts["w"].append(w.numpy())
         add_controls(parts, controls, x, {**c, "mask": mask})
         if with_captions:
@@ -158,7 +183,7 @@ def photo_chunk(G, encoder, controls, photos, seed: int, start: int, stop: int, 
                 pick = np.random.default_rng([seed, a + k]).integers(len(s.captions))
                 texts.append(s.captions[int(pick)])
             parts["text_emb"].append(controls.embed_text(texts).numpy().astype(np.float16))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
 def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None = None, seed: int = 0,
@@ -186,8 +211,8 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
         raise UserError("--captions goes with --source photos")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    comp = load_components(weights, need=("generator", "controls")
-                           + (("image_encoder",) if source in ("posterior", "photos") else ()))
+    comp = load_components(weights, need=("generator", "controls") + (("image_encoder",) if source == "posterior" else ()))
+    inverter = photo_inverter(weights) if source == "photos" else None
     G, controls = comp["generator"], comp["controls"]
     cache = None
     if source == "posterior":
@@ -198,7 +223,8 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
         cache = CachedWorldDataset(renders)
     if dataset is not None:
         dataset.size = G.cfg.resolution  # photos at the generator's size, as its renders are
-    arrays = list(data_arrays()) + (["text_emb"] if captions else [])
+    arrays = [k for k in data_arrays() if not (k == "z" and inverter is not None and hasattr(inverter, "latent_avg"))]
+    arrays += ["text_emb"] if captions else []
     meta = {"num": num, "chunk": chunk, "seed": seed, "truncation": truncation, "arrays": arrays,
             "source": source, "renders": str(renders) if renders else None,
             "photos": str(photos) if photos else None, "captions": str(captions) if captions else None,
@@ -219,7 +245,7 @@ def generate_mapping_data(out: str | os.PathLike, num: int, weights: str | None 
     for k in todo:
         a, b = k * chunk, min(num, (k + 1) * chunk)
         if dataset is not None:
-            arrays = photo_chunk(G, comp["image_encoder"].eval(), controls, dataset, seed, a, b,
+            arrays = photo_chunk(G, inverter, controls, dataset, seed, a, b,
                                  with_captions=bool(captions), batch=batch)
         else:
             z = chunk_z(seed, a, b, G.z_dim) if cache is None else posterior_z(comp["image_encoder"], cache, seed, a, b)

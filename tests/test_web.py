@@ -352,10 +352,23 @@ def test_server_under_load(tiny_weights):
 
 
 def test_serve_says_where_the_page_is(tiny_weights):
+    """The page answers a moment before serve() prints where it is, so read the output until the
+    line comes (stopping the server at the first answer raced the print)."""
+    import select
+
     proc, url = _start_server(tiny_weights)
-    proc.terminate()
-    out = proc.communicate(timeout=30)[0].decode()
-    assert f"ready at {url}" in out
+    out, deadline = "", time.monotonic() + 60
+    try:
+        while f"ready at {url}" not in out and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                line = proc.stdout.readline().decode()
+                if not line:
+                    break
+                out += line
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert f"ready at {url}" in out, out
 
 
 def test_serve_without_gradio_names_the_extra_for_an_installed_package(monkeypatch):
